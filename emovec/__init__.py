@@ -1,0 +1,35 @@
+"""emovec: find, validate, monitor and steer emotion vectors in open-weight language models.
+
+Data flow, one module per stage:
+concepts -> corpus -> activations -> vectors -> readout / steering -> analyses -> report.
+"""
+
+__version__ = "0.1.0"
+
+from .activations import CorpusActivations, extract_corpus, load_corpus_activations, pool_mask, pool_texts
+from .analyses import heldout_recognition
+from .concepts import load_concepts, resolve_emotions
+from .corpus import (
+    generate_neutral,
+    generate_stories,
+    import_stories,
+    load_corpus,
+    names_emotion,
+    parse_stories,
+)
+from .generation import GenerationBackend, HFBackend, Sampling, generate_text
+from .models import DEFAULT_MODEL, LanguageModel, find_layers, load_model
+from .pipeline import PRESETS, RunConfig, make_config, run
+from .readout import project, score_text, score_texts, top_emotions
+from .steering import SteeringVector, parse_spec, steer, steering_vector
+from .storage import EmovecError
+from .vectors import EmotionVectors
+
+__all__ = [
+    "__version__", "CorpusActivations", "DEFAULT_MODEL", "EmotionVectors", "EmovecError", "GenerationBackend",
+    "HFBackend", "LanguageModel", "PRESETS", "RunConfig", "Sampling", "SteeringVector", "extract_corpus",
+    "find_layers", "generate_neutral", "generate_stories", "generate_text", "heldout_recognition", "import_stories",
+    "load_concepts", "load_corpus", "load_corpus_activations", "load_model", "make_config", "names_emotion",
+    "parse_spec", "parse_stories", "pool_mask", "pool_texts", "project", "resolve_emotions", "run", "score_text",
+    "score_texts", "steer", "steering_vector", "top_emotions",
+]

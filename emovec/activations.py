@@ -1,0 +1,269 @@
+"""Residual-stream activations: hooks, pooling, and sharded extraction over a corpus.
+
+Pooling rule (used everywhere a text becomes one vector): average the residual
+stream after a decoder layer over token positions `start` .. end. The first
+position is never pooled (it is an attention sink whose activation is huge and
+content-free). A text with `start` or fewer tokens is pooled over positions
+1 .. end instead, and a one-token text over its only position.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models import LanguageModel
+from .storage import EmovecError, atomic_path
+
+DEFAULT_START = 50
+
+
+def hidden_of(output: object) -> torch.Tensor:
+    """The hidden-state tensor of a decoder layer's output (a tensor or a tuple starting with one)."""
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
+
+
+def with_hidden(output: object, hidden: torch.Tensor) -> object:
+    """Return a decoder layer's output with its hidden-state tensor replaced."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@contextmanager
+def layer_hooks(lm: LanguageModel, layers: Sequence[int], fn: Callable[[int, nn.Module, tuple, object], object]) -> Iterator[None]:
+    """Register `fn(layer_index, module, inputs, output)` as a forward hook on each layer; always removed."""
+    handles = []
+    try:
+        for idx in layers:
+            handles.append(lm.layers[idx].register_forward_hook(lambda m, i, o, _idx=idx: fn(_idx, m, i, o)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _StopForward(Exception):
+    pass
+
+
+def pool_mask(attention_mask: torch.Tensor, start: int = DEFAULT_START) -> torch.Tensor:
+    """Boolean [batch, seq] mask of the positions pooled for each right-padded row (see module doc)."""
+    if start < 1:
+        raise EmovecError(f"token start must be >= 1 (position 0 is an attention sink), got {start}")
+    lengths = attention_mask.sum(dim=1)
+    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)[None, :]
+    first = torch.where(lengths > start, torch.full_like(lengths, start), torch.ones_like(lengths))
+    first = torch.where(lengths <= 1, torch.zeros_like(lengths), first)
+    return (pos >= first[:, None]) & (pos < lengths[:, None])
+
+
+def tokenize(lm: LanguageModel, texts: Sequence[str], max_tokens: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch encoding of plain texts (no chat template)."""
+    tok = lm.tokenizer
+    tok.padding_side = "right"
+    enc = tok(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
+    return {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+@dataclass
+class PooledBatch:
+    """Pooled activations of one batch: `pooled[layer]` is [batch, d_model]; token-norm sums for steering units."""
+
+    pooled: dict[int, torch.Tensor]
+    norm_sum: dict[int, float]
+    norm_count: int
+
+
+@torch.inference_mode()
+def pool_batch(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], start: int = DEFAULT_START,
+               max_tokens: int = 512) -> PooledBatch:
+    """One forward pass over `texts`, returning pooled residuals at `layers` (float32, on CPU).
+
+    Stops the forward pass after the deepest requested layer and never computes logits.
+    """
+    enc = tokenize(lm, texts, max_tokens)
+    mask = pool_mask(enc["attention_mask"], start)
+    weights = mask.to(torch.float32)
+    counts = weights.sum(1, keepdim=True).clamp(min=1)
+    sink_free = enc["attention_mask"].bool().clone()
+    sink_free[:, 0] = False
+    pooled: dict[int, torch.Tensor] = {}
+    norm_sum: dict[int, float] = {}
+    last = max(layers)
+
+    def grab(idx: int, _m: nn.Module, _i: tuple, out: object) -> None:
+        h = hidden_of(out).to(torch.float32)
+        pooled[idx] = ((h * weights[:, :, None]).sum(1) / counts).cpu()
+        norm_sum[idx] = float(h.norm(dim=-1)[sink_free].sum())
+        if idx == last:
+            raise _StopForward
+
+    with layer_hooks(lm, layers, grab):
+        try:
+            lm.model.base_model(**enc, use_cache=False)
+        except _StopForward:
+            pass
+    return PooledBatch(pooled=pooled, norm_sum=norm_sum, norm_count=int(sink_free.sum()))
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), to keep padding small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def pool_texts(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], start: int = DEFAULT_START,
+               batch_size: int = 16, max_tokens: int = 512, progress: bool = False, desc: str = "activations") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Pooled activations of many texts: ([n_texts, n_layers, d_model], token-norm sums [n_layers], token count)."""
+    if not texts:
+        raise EmovecError("no texts to read activations from (empty corpus)")
+    layers = [lm.check_layer(l) for l in layers]
+    lengths = [len(ids) for ids in lm.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]]
+    out = torch.zeros(len(texts), len(layers), lm.d_model)
+    norm_sum = torch.zeros(len(layers), dtype=torch.float64)
+    n_tokens = 0
+    batches = length_sorted_batches(lengths, batch_size)
+    for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+        res = pool_batch(lm, [texts[i] for i in idx], layers, start, max_tokens)
+        out[idx] = torch.stack([res.pooled[l] for l in layers], dim=1)
+        norm_sum += torch.tensor([res.norm_sum[l] for l in layers], dtype=torch.float64)
+        n_tokens += res.norm_count
+    return out, norm_sum, n_tokens
+
+
+def shard_name(kind: str, index: int) -> str:
+    return f"{kind}-{index:05d}.safetensors"
+
+
+def write_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Write one activation shard atomically."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def read_shard(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read one shard written by `write_shard`; a damaged file is a one-line error."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise EmovecError(f"{path}: damaged activation shard ({str(exc).splitlines()[0][:80]}); delete it and re-run `emovec extract` to redo it") from None
+
+
+@dataclass
+class CorpusActivations:
+    """Everything extraction keeps about one corpus (stories or neutral texts).
+
+    `sums[label]` is the summed pooled activation per layer [n_layers, d_model]
+    (float64, all extracted layers) and `counts[label]` its number of texts, so
+    memory does not grow with the corpus; `pooled` holds per-text activations
+    [n_texts, n_keep, d_model] at `keep_layers` only, for held-out analyses.
+    """
+
+    layers: list[int]
+    keep_layers: list[int]
+    ids: list[str]
+    labels: list[str]
+    pooled: torch.Tensor
+    sums: dict[str, torch.Tensor]
+    counts: dict[str, int]
+    norm_sum: torch.Tensor
+    norm_count: int
+    start: int
+
+    @property
+    def mean_norm(self) -> torch.Tensor:
+        """Average residual-stream norm per layer over all non-sink tokens [n_layers]."""
+        return (self.norm_sum / max(self.norm_count, 1)).to(torch.float32)
+
+
+def extract_corpus(lm: LanguageModel, rows: Sequence[dict], out_dir: str | Path, kind: str,
+                   layers: Sequence[int] | None = None, keep_layers: Sequence[int] | None = None,
+                   start: int = DEFAULT_START, batch_size: int = 16, shard_size: int = 256,
+                   max_tokens: int = 512, progress: bool = True) -> CorpusActivations:
+    """Pool activations of `rows` (dicts with `id`, `text`, optional `emotion`) into shards under `out_dir`.
+
+    Work is cut into fixed chunks of `shard_size` rows, each written atomically as
+    `{kind}-NNNNN.safetensors`; a re-run skips every chunk whose shard exists with
+    the same ids, so an interrupted extraction resumes where it stopped.
+    """
+    if not rows:
+        raise EmovecError(f"the {kind} corpus is empty: generate or import texts first (`emovec stories`)")
+    layers = list(range(lm.n_layers)) if layers is None else sorted({lm.check_layer(l) for l in layers})
+    keep = layers if keep_layers is None else sorted({lm.check_layer(l) for l in keep_layers})
+    if not set(keep) <= set(layers):
+        raise EmovecError(f"keep layers {keep} must be among the extracted layers {layers}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chunks = [rows[i:i + shard_size] for i in range(0, len(rows), shard_size)]
+    spec = {"layers": layers, "keep_layers": keep, "start": start, "max_tokens": max_tokens}
+    bar = tqdm(total=len(rows), desc=f"extract {kind}", unit="text", disable=not progress)
+    for ci, chunk in enumerate(chunks):
+        path = out_dir / shard_name(kind, ci)
+        ids = [str(r["id"]) for r in chunk]
+        if path.exists():
+            _, meta = read_shard(path)
+            if json.loads(meta.get("ids", "[]")) == ids and json.loads(meta.get("spec", "{}")) == spec:
+                bar.update(len(chunk))
+                continue
+        texts = [r["text"] for r in chunk]
+        labels = [str(r.get("emotion", kind)) for r in chunk]
+        pooled, norm_sum, n_tok = pool_texts(lm, texts, layers, start, batch_size, max_tokens)
+        groups = sorted(set(labels))
+        gidx = torch.tensor([groups.index(lab) for lab in labels])
+        sums = torch.zeros(len(groups), len(layers), lm.d_model, dtype=torch.float64)
+        sums.index_add_(0, gidx, pooled.to(torch.float64))
+        keep_idx = [layers.index(l) for l in keep]
+        write_shard(path, {
+            "pooled": pooled[:, keep_idx], "sums": sums, "counts": torch.bincount(gidx, minlength=len(groups)),
+            "norm_sum": norm_sum, "norm_count": torch.tensor(n_tok),
+        }, {"ids": json.dumps(ids), "labels": json.dumps(labels), "groups": json.dumps(groups), "spec": json.dumps(spec)})
+        bar.update(len(chunk))
+    bar.close()
+    for stale in sorted(out_dir.glob(f"{kind}-*.safetensors"))[len(chunks):]:
+        stale.unlink()
+    return load_corpus_activations(out_dir, kind)
+
+
+def load_corpus_activations(out_dir: str | Path, kind: str) -> CorpusActivations:
+    """Aggregate the shards of one corpus kind written by `extract_corpus`."""
+    paths = sorted(Path(out_dir).glob(f"{kind}-*.safetensors"))
+    if not paths:
+        raise EmovecError(f"no {kind} activations in {out_dir}; run `emovec extract` first")
+    ids: list[str] = []
+    labels: list[str] = []
+    pooled, sums, counts = [], {}, {}
+    norm_sum, norm_count, spec = None, 0, None
+    for path in paths:
+        tensors, meta = read_shard(path)
+        try:
+            shard_spec = json.loads(meta["spec"])
+            groups = json.loads(meta["groups"])
+            ids += json.loads(meta["ids"])
+            labels += json.loads(meta["labels"])
+        except (KeyError, json.JSONDecodeError):
+            raise EmovecError(f"{path}: shard metadata missing or damaged; delete it and re-run `emovec extract`") from None
+        if spec is not None and shard_spec != spec:
+            raise EmovecError(f"{path}: extracted with different settings than the other shards; delete {out_dir} and re-extract")
+        spec = shard_spec
+        pooled.append(tensors["pooled"])
+        for g, name in enumerate(groups):
+            sums[name] = sums.get(name, 0) + tensors["sums"][g]
+            counts[name] = counts.get(name, 0) + int(tensors["counts"][g])
+        norm_sum = tensors["norm_sum"] if norm_sum is None else norm_sum + tensors["norm_sum"]
+        norm_count += int(tensors["norm_count"])
+    return CorpusActivations(layers=spec["layers"], keep_layers=spec["keep_layers"], ids=ids, labels=labels,
+                             pooled=torch.cat(pooled), sums=sums, counts=counts, norm_sum=norm_sum,
+                             norm_count=norm_count, start=spec["start"])

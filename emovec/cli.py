@@ -1,0 +1,242 @@
+"""The `emovec` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .storage import EmovecError
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+class _Group(click.Group):
+    """Turns EmovecError (and Ctrl-C) into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EmovecError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("interrupted; re-run the same command to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="emovec")
+def main() -> None:
+    """Find, validate, monitor and steer emotion vectors in language models."""
+
+
+def model_options(f: Callable) -> Callable:
+    f = click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, mps)")(f)
+    f = click.option("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU)")(f)
+    f = click.option("--model", "model", default=None,
+                     help="smollm2-135m (embedded default), a local HF model directory, or a .gguf file")(f)
+    return f
+
+
+def run_options(f: Callable) -> Callable:
+    opts = [
+        click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default=None,
+                     help="corpus size preset (quick: 20 emotions x 12 stories; standard: 171 x 15; paper: 171 x 1200)"),
+        click.option("--concepts", default=None, help="text file with one emotion per line (default: the 171 built in)"),
+        click.option("--emotions", default=None, help="comma-separated subset of the concepts"),
+        click.option("--per-emotion", type=click.IntRange(min=1), default=None, help="stories per emotion"),
+        click.option("--stories-per-prompt", type=click.IntRange(min=1, max=20), default=None,
+                     help="ask for several stories per response and split them"),
+        click.option("--n-neutral", type=click.IntRange(min=0), default=None, help="neutral dialogues to generate"),
+        click.option("--import", "import_stories", default=None,
+                     help="JSONL of {emotion, text} written elsewhere, used instead of generating stories"),
+        click.option("--token-start", type=click.IntRange(min=1), default=None, help="first pooled token position"),
+        click.option("--denoise-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+                     help="neutral variance explained by the projected-out components"),
+        click.option("--seed", type=int, default=None),
+        click.option("--gen-batch-size", type=click.IntRange(min=1), default=None),
+        click.option("--extract-batch-size", type=click.IntRange(min=1), default=None),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return model_options(f)
+
+
+def _config(run_dir: str, preset: str | None, emotions: str | None, **kw: Any) -> Any:
+    from .pipeline import RUN_FILE, make_config, open_run
+
+    given = {k: v for k, v in kw.items() if v is not None}
+    if (Path(run_dir) / RUN_FILE).exists() and not preset and not given and not emotions:
+        return open_run(run_dir)
+    cfg = make_config(preset or ("quick" if not (Path(run_dir) / RUN_FILE).exists() else None),
+                      emotions=[e.strip() for e in emotions.split(",")] if emotions else None, **given)
+    return open_run(run_dir, cfg)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    c, r = s["corpus"], s["recognition"]
+    st, ne = c["stories"], c["neutral"]
+    click.echo(f"\nmodel {s['model']}: {s['n_layers']} layers, width {s['d_model']}")
+    click.echo(f"stories: {st['kept']} kept of {st['written']} written (filter dropped {st['drop_rate']:.1%}: {st['dropped']}), "
+               f"{st['kept_per_emotion_min']}-{st['kept_per_emotion_max']} per emotion")
+    click.echo(f"neutral dialogues: {ne['kept']} kept of {ne['written']}")
+    click.echo(f"layer used: {s['layer']} (about two thirds of depth)")
+    click.echo(f"held-out recognition ({r['folds']}-fold, {r['n_stories']} stories, {r['n_emotions']} emotions): "
+               f"top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}), top-5 {r['top5']:.1%} (chance {r['chance_top5']:.1%})")
+    click.echo(f"best layer by held-out top-1: {r['best_layer']} ({r['best_layer_top1']:.1%}; chosen on the same folds)")
+    if r["confusions"]:
+        click.echo("most confused: " + ", ".join(f"{x['true']}->{x['predicted']} ({x['count']})" for x in r["confusions"]))
+    click.echo("\ntop emotions on held-out sentences (not used for training):")
+    for p in s["probes"]:
+        top = ", ".join(f"{e} {v:+.2f}" for e, v in p["top"])
+        rank = f"rank {p['rank_of_intended']}" if p["rank_of_intended"] else "not in set"
+        click.echo(f"  [{p['intended']}: {rank}] {p['text'][:70]}...\n      -> {top}")
+    click.echo(f"\ntime: {s['timings']}  outputs: {s['run_dir']}")
+
+
+@main.command()
+@click.argument("run_dir")
+@run_options
+def run(run_dir: str, model: str | None, device: str, dtype: str | None, **kw: Any) -> None:
+    """Whole pipeline into RUN_DIR: stories, neutral corpus, activations, vectors, recognition (resumable)."""
+    from .pipeline import run as run_pipeline
+
+    cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
+    summary = run_pipeline(run_dir, cfg)
+    _print_summary(summary)
+
+
+@main.command()
+@click.argument("run_dir")
+@run_options
+def stories(run_dir: str, model: str | None, device: str, dtype: str | None, **kw: Any) -> None:
+    """Generate (or --import) the story and neutral corpora into RUN_DIR (resumable)."""
+    from .pipeline import run_model, stage_stories
+
+    cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
+    click.echo(json.dumps(stage_stories(run_dir, cfg, run_model(cfg)), indent=2))
+
+
+@main.command()
+@click.argument("run_dir")
+@click.option("--device", default=None, help="torch device (default: the run's)")
+def extract(run_dir: str, device: str | None) -> None:
+    """Pool activations of RUN_DIR's corpora and write vectors.safetensors (resumable)."""
+    import dataclasses
+
+    from .pipeline import VECTORS_FILE, open_run, run_model, stage_extract, stage_recognition
+
+    cfg = open_run(run_dir)
+    if device:
+        cfg = dataclasses.replace(cfg, device=device)
+    vectors = stage_extract(run_dir, cfg, run_model(cfg))
+    recog = stage_recognition(run_dir, cfg)
+    click.echo(f"wrote {Path(run_dir) / VECTORS_FILE}: {len(vectors.emotions)} emotions x {len(vectors.layers)} layers")
+    for row in recog["layers"]:
+        if row["layer"] in (vectors.default_layer, recog["best_layer"]):
+            click.echo(f"layer {row['layer']}: held-out top-1 {row['top1']:.1%}, top-5 {row['top5']:.1%} "
+                       f"(chance {recog['chance_top1']:.1%} / {recog['chance_top5']:.1%})")
+
+
+def _load(vectors: str, model: str | None, device: str, dtype: str | None) -> tuple[Any, Any]:
+    from .models import load_model
+    from .pipeline import VECTORS_FILE
+    from .vectors import EmotionVectors
+
+    path = Path(vectors)
+    if path.is_dir():
+        path = path / VECTORS_FILE
+    vecs = EmotionVectors.load(path)
+    lm = load_model(model or vecs.meta.get("model_source") or "smollm2-135m", device=device, dtype=dtype)
+    vecs.check_model(lm)
+    return vecs, lm
+
+
+vectors_option = click.option("--vectors", "-v", required=True, help="vector file or run directory")
+
+
+@main.command()
+@click.argument("text")
+@vectors_option
+@click.option("--layer", type=int, default=None, help="layer to read (default: the vectors' default layer)")
+@click.option("--emotions", default=None, help="comma-separated emotions to show (default: all)")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="top emotions per token")
+@click.option("--method", type=click.Choice(["projection", "cosine"]), default="projection", show_default=True)
+@click.option("--csv", "csv_path", default=None, help="also write the full tokens x emotions table here")
+@model_options
+def score(text: str, vectors: str, layer: int | None, emotions: str | None, top: int, method: str,
+          csv_path: str | None, model: str | None, device: str, dtype: str | None) -> None:
+    """Per-token emotion scores of TEXT (projection on unit vectors, centred; see README)."""
+    from .readout import score_text, top_emotions
+    from .storage import atomic_path
+
+    vecs, lm = _load(vectors, model, device, dtype)
+    df = score_text(lm, vecs, text, layer=layer, emotions=emotions, method=method)
+    tops = top_emotions(df, k=min(top, len(df.columns) - 1))
+    click.echo(tops.to_string())
+    if csv_path:
+        with atomic_path(csv_path) as tmp:
+            df.to_csv(tmp)
+        click.echo(f"wrote {csv_path}")
+
+
+@main.command()
+@click.argument("prompt")
+@vectors_option
+@click.option("--steer", "-s", multiple=True, help="EMOTION=STRENGTH, e.g. calm=0.05 (repeatable or comma-separated)")
+@click.option("--layers", default=None, help="steered layers: 20, 18-22 or 10,14,20 (default: the vectors' default layer)")
+@click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=120, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--raw", is_flag=True, help="do not apply the chat template")
+@model_options
+def generate(prompt: str, vectors: str, steer: tuple[str, ...], layers: str | None, max_new_tokens: int,
+             temperature: float, seed: int, raw: bool, model: str | None, device: str, dtype: str | None) -> None:
+    """Generate a reply to PROMPT, optionally steered along emotion vectors."""
+    from .generation import Sampling, generate_text
+    from .steering import steering_vector
+
+    vecs, lm = _load(vectors, model, device, dtype)
+    sv = steering_vector(vecs, list(steer), layers)
+    with sv.apply(lm):
+        text = generate_text(lm, prompt, Sampling(max_new_tokens=max_new_tokens, temperature=temperature), seed=seed,
+                             chat=not raw)
+    if sv.deltas:
+        click.echo(f"[steering: {sv.label} at layers {sorted(sv.deltas)}]", err=True)
+    click.echo(text)
+
+
+@main.command()
+@click.argument("path")
+def info(path: str) -> None:
+    """Describe a vector file or a run directory."""
+    from .pipeline import RUN_FILE, VECTORS_FILE
+    from .storage import read_json
+    from .vectors import EmotionVectors
+
+    p = Path(path)
+    if p.is_dir():
+        if not (p / RUN_FILE).exists():
+            raise EmovecError(f"{p} is not a run directory (no {RUN_FILE})")
+        click.echo(json.dumps({"run": read_json(p / RUN_FILE)}, indent=2))
+        if (p / "summary.json").exists():
+            s = read_json(p / "summary.json")
+            click.echo(json.dumps({"recognition": s.get("recognition"), "corpus": s.get("corpus")}, indent=2))
+        p = p / VECTORS_FILE
+        if not p.exists():
+            return
+    for k, v in EmotionVectors.load(p).info().items():
+        click.echo(f"{k:>24}: {v}")
+
+
+if __name__ == "__main__":
+    main()

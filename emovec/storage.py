@@ -1,0 +1,133 @@
+"""Crash-safe file primitives shared by every stage.
+
+Every artefact emovec writes goes through here: whole files are written to a
+temporary name in the same directory and renamed into place (so a reader never
+sees half a file), and JSONL corpora are appended in whole-line batches whose
+torn tail (from a killed process) is dropped on the next read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+class EmovecError(Exception):
+    """A user-facing error: one line that says what is wrong and how to fix it."""
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write a JSON file atomically (pretty-printed, UTF-8)."""
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, turning every failure into a one-line EmovecError."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EmovecError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EmovecError(f"{path}: not valid UTF-8 JSON ({exc}); delete it and re-run the stage that writes it") from None
+
+
+def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """Append rows as one write of whole lines, then fsync.
+
+    A process killed mid-write can leave at most one torn final line, which
+    `read_jsonl` drops and `repair_jsonl` truncates before the next append.
+    """
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if not data:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    repair_jsonl(path)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def repair_jsonl(path: str | Path) -> int:
+    """Truncate a torn last line left by a killed writer; return bytes removed."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return 0
+        fh.seek(0)
+        data = fh.read()
+        keep = data.rfind(b"\n") + 1
+        fh.truncate(keep)
+        return size - keep
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSONL file written by `append_jsonl` (or by a user).
+
+    A torn final line without a newline is ignored; any other malformed line
+    is an error naming the file and line number.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise EmovecError(f"{path}: file not found") from None
+    lines = raw.split(b"\n")
+    if lines and lines[-1] != b"":
+        lines = lines[:-1]  # torn tail from an interrupted append
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EmovecError(f"{path}:{i}: not a valid UTF-8 JSON line ({exc.__class__.__name__})") from None
+        if not isinstance(row, dict):
+            raise EmovecError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def user_cache_dir() -> Path:
+    """emovec's cache directory: $EMOVEC_CACHE, else $XDG_CACHE_HOME/emovec, else ~/.cache/emovec."""
+    if os.environ.get("EMOVEC_CACHE"):
+        return Path(os.environ["EMOVEC_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "emovec"

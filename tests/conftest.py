@@ -1,0 +1,54 @@
+"""Shared fixtures: the real embedded model (loaded once) and a small real run built from hand-written stories."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+# 6 emotions x 8 hand-written stories in tests/data; big enough to see signal, small enough to be fast.
+SMALL_EMOTIONS = ["happy", "sad", "afraid", "angry", "calm", "desperate"]
+
+
+@pytest.fixture(scope="session")
+def lm():
+    from emovec import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def small_run(lm, tmp_path_factory) -> Path:
+    """A run directory with imported stories + neutral dialogues, extracted at every layer."""
+    from emovec.pipeline import make_config, open_run, stage_extract, stage_recognition, stage_stories
+    from emovec.storage import append_jsonl
+
+    run_dir = tmp_path_factory.mktemp("small_run")
+    cfg = make_config(emotions=SMALL_EMOTIONS, import_stories=str(DATA / "stories_small.jsonl"), n_neutral=0, folds=4)
+    open_run(run_dir, cfg)
+    neutral = [json.loads(l) for l in (DATA / "neutral_small.jsonl").read_text().splitlines() if l.strip()]
+    append_jsonl(run_dir / "neutral.jsonl", [{"id": f"n{i}", "job": f"n{i}", "text": r["text"], "kept": True}
+                                               for i, r in enumerate(neutral)])
+    stage_stories(run_dir, cfg, lm, progress=False)
+    stage_extract(run_dir, cfg, lm, progress=False)
+    stage_recognition(run_dir, cfg)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def small_vectors(small_run, lm):
+    from emovec import EmotionVectors
+
+    return EmotionVectors.load(small_run / "vectors.safetensors", model=lm)
+
+
+@pytest.fixture
+def run_copy(small_run, tmp_path) -> Path:
+    """A private copy of the small run, for tests that modify files."""
+    dst = tmp_path / "run"
+    shutil.copytree(small_run, dst)
+    return dst
