@@ -50,7 +50,7 @@ def model_options(f: Callable) -> Callable:
 def run_options(f: Callable) -> Callable:
     opts = [
         click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default=None,
-                     help="corpus size preset (quick: 20 emotions x 12 stories; standard: 171 x 15; paper: 171 x 1200)"),
+                     help="corpus size preset (quick: 20 emotions x 16 stories; standard: 171 x 15; paper: 171 x 1200)"),
         click.option("--concepts", default=None, help="text file with one emotion per line (default: the 171 built in)"),
         click.option("--emotions", default=None, help="comma-separated subset of the concepts"),
         click.option("--per-emotion", type=click.IntRange(min=1), default=None, help="stories per emotion"),
@@ -79,7 +79,7 @@ def _config(run_dir: str, preset: str | None, emotions: str | None, **kw: Any) -
         return open_run(run_dir)
     cfg = make_config(preset or ("quick" if not (Path(run_dir) / RUN_FILE).exists() else None),
                       emotions=[e.strip() for e in emotions.split(",")] if emotions else None, **given)
-    return open_run(run_dir, cfg)
+    return open_run(run_dir, cfg, write=False)
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -120,10 +120,12 @@ def run(run_dir: str, model: str | None, device: str, dtype: str | None, **kw: A
 @run_options
 def stories(run_dir: str, model: str | None, device: str, dtype: str | None, **kw: Any) -> None:
     """Generate (or --import) the story and neutral corpora into RUN_DIR (resumable)."""
-    from .pipeline import run_model, stage_stories
+    from .pipeline import open_run, run_model, stage_stories
 
     cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
-    click.echo(json.dumps(stage_stories(run_dir, cfg, run_model(cfg)), indent=2))
+    lm = run_model(cfg)
+    cfg = open_run(run_dir, cfg)
+    click.echo(json.dumps(stage_stories(run_dir, cfg, lm), indent=2))
 
 
 @main.command()

@@ -125,6 +125,12 @@ class StoryJob:
     name: str
     n: int
 
+    def prime(self) -> str:
+        """The opening written into the assistant turn when priming is on (never stored with the story)."""
+        p = prompts()
+        key = "prime_first_person" if self.person == "first" else "prime_third_person"
+        return p[key].format(emotion=self.emotion, name=self.name)
+
     def prompt(self) -> str:
         p = prompts()
         if self.n > 1:
@@ -218,8 +224,13 @@ def _chunked_run(jobs: Sequence[Any], path: Path, backend: GenerationBackend, sa
 
 def generate_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str | Path, emotions: Sequence[str],
                      per_emotion: int, sampling: Sampling | None = None, seed: int = 0, stories_per_prompt: int = 1,
-                     topic_list: Sequence[str] | None = None, chunk: int = 64, progress: bool = True) -> CorpusReport:
-    """Have the model write `per_emotion` stories per emotion into `run_dir/stories.jsonl` (resumable)."""
+                     topic_list: Sequence[str] | None = None, chunk: int = 64, progress: bool = True,
+                     prime: bool = False) -> CorpusReport:
+    """Have the model write `per_emotion` stories per emotion into `run_dir/stories.jsonl` (resumable).
+
+    With `prime`, the reply starts with a short sentence naming the emotion ("I felt
+    calm.") that is removed before storing, so only the model's continuation is kept.
+    """
     if not emotions:
         raise EmovecError("no emotions to write stories for")
     path = Path(run_dir) / STORIES_FILE
@@ -235,8 +246,8 @@ def generate_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str
                          "source": "model"})
         return rows
 
-    _chunked_run(jobs, path, backend, sampling or Sampling(), seed, chunk, lambda j: lm.chat(j.prompt()), rows_of,
-                 "stories", progress)
+    render = (lambda j: lm.chat(j.prompt()) + j.prime()) if prime and stories_per_prompt == 1 else (lambda j: lm.chat(j.prompt()))
+    _chunked_run(jobs, path, backend, sampling or Sampling(), seed, chunk, render, rows_of, "stories", progress)
     return corpus_report(path, emotions)
 
 

@@ -224,7 +224,9 @@ def load_model(
     runs code shipped inside it. `layers_path` overrides decoder-layer lookup.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a 0.1 s "Loading weights" bar is noise on every CLI call
     name = str(name_or_path)
     torch_dtype = _resolve_dtype(dtype, device)
     if name in _EMBEDDED:

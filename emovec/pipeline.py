@@ -24,7 +24,7 @@ from .activations import extract_corpus, load_corpus_activations
 from .analyses import heldout_recognition, recognition_at
 from .concepts import load_concepts, resolve_emotions
 from .corpus import generate_neutral, generate_stories, import_stories, load_corpus
-from .generation import HFBackend, Sampling
+from .generation import FastBackend, GenerationBackend, HFBackend, Sampling
 from .models import DEFAULT_MODEL, LanguageModel, load_model
 from .readout import score_texts
 from .storage import EmovecError, read_json, read_jsonl, write_json
@@ -47,6 +47,7 @@ class RunConfig:
     emotions: list[str] | None = None
     per_emotion: int = 15
     stories_per_prompt: int = 1
+    prime: bool = False
     n_neutral: int = 200
     max_new_tokens: int = 170
     temperature: float = 0.9
@@ -56,6 +57,8 @@ class RunConfig:
     keep_layers: list[int] | None = None
     denoise_fraction: float = 0.5
     gen_batch_size: int = 48
+    backend: str = "fast"
+    gen_dtype: str | None = "bfloat16"
     extract_batch_size: int = 16
     folds: int = 5
     device: str = "cpu"
@@ -68,16 +71,16 @@ class RunConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # A few minutes on 2 CPU cores: 20 well-spread emotions, enough stories to see recognition.
-    "quick": {"emotions": QUICK_EMOTIONS, "per_emotion": 12, "n_neutral": 64, "max_new_tokens": 150},
+    # Under 15 minutes on 2 CPU cores: 20 well-spread emotions x 16 primed stories.
+    "quick": {"emotions": QUICK_EMOTIONS, "per_emotion": 16, "n_neutral": 64, "max_new_tokens": 150, "prime": True},
     # The brief's trial size: all 171 emotions x 15 stories (~40 min of generation on 2 cores).
-    "standard": {"per_emotion": 15, "n_neutral": 300},
+    "standard": {"per_emotion": 15, "n_neutral": 300, "prime": True},
     # The paper's size: 100 topics x 12 stories per emotion (GPU territory).
-    "paper": {"per_emotion": 1200, "n_neutral": 1200, "keep_layers": "two-thirds"},
+    "paper": {"per_emotion": 1200, "n_neutral": 1200, "keep_layers": "two-thirds", "gen_dtype": None},
 }
 
 # Settings that change what a run produces; a resumed run must keep them.
-_IDENTITY = ("model", "concepts", "emotions", "stories_per_prompt", "max_new_tokens", "temperature", "top_p", "seed",
+_IDENTITY = ("model", "concepts", "emotions", "stories_per_prompt", "prime", "max_new_tokens", "temperature", "top_p", "seed",
              "token_start", "denoise_fraction")
 
 
@@ -96,8 +99,12 @@ def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
     return RunConfig(**values)
 
 
-def open_run(run_dir: str | Path, config: RunConfig | None = None) -> RunConfig:
-    """Create a run directory with `config`, or reopen one and check `config` agrees with it."""
+def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool = True) -> RunConfig:
+    """Create a run directory with `config`, or reopen one and check `config` agrees with it.
+
+    With `write=False` only the check is made (nothing is created), so a command can
+    fail on a bad model or argument before leaving a half-made run directory behind.
+    """
     run_dir = Path(run_dir)
     path = run_dir / RUN_FILE
     if path.exists():
@@ -113,12 +120,14 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None) -> RunConfig:
             if a != b:
                 raise EmovecError(f"{run_dir} was started with {key}={a!r}, not {b!r}; resume with the same settings or use a new run directory")
         merged = dataclasses.replace(config, per_emotion=max(saved.per_emotion, config.per_emotion))
-        write_json(path, dataclasses.asdict(merged))
+        if write:
+            write_json(path, dataclasses.asdict(merged))
         return merged
     if config is None:
         raise EmovecError(f"{run_dir} is not a run directory (no {RUN_FILE}); start one with `emovec run {run_dir}`")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(path, dataclasses.asdict(config))
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, dataclasses.asdict(config))
     return config
 
 
@@ -132,17 +141,27 @@ def run_model(cfg: RunConfig) -> LanguageModel:
     return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
 
 
+def make_backend(cfg: RunConfig, lm: LanguageModel) -> GenerationBackend:
+    """The corpus writer: `fast` (static cache, optional bf16 copy) or `hf` (plain transformers generate)."""
+    if cfg.backend == "hf":
+        return HFBackend(lm, batch_size=cfg.gen_batch_size)
+    if cfg.backend == "fast":
+        return FastBackend(lm, batch_size=cfg.gen_batch_size, dtype=cfg.gen_dtype)
+    raise EmovecError(f"unknown generation backend {cfg.backend!r}: use fast or hf")
+
+
 def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progress: bool = True) -> dict[str, Any]:
     """Generate (or import) the story corpus and the neutral corpus; skips what exists."""
     emotions = run_emotions(cfg)
+    backend = make_backend(cfg, lm)
     if cfg.import_stories:
         report = import_stories(cfg.import_stories, run_dir, emotions)
     else:
-        backend = HFBackend(lm, batch_size=cfg.gen_batch_size)
         report = generate_stories(lm, backend, run_dir, emotions, cfg.per_emotion, cfg.sampling(), cfg.seed,
-                                  cfg.stories_per_prompt, chunk=max(cfg.gen_batch_size, 16), progress=progress)
-    neutral = generate_neutral(lm, HFBackend(lm, batch_size=cfg.gen_batch_size), run_dir, cfg.n_neutral,
-                               seed=cfg.seed, chunk=max(cfg.gen_batch_size, 16), progress=progress)
+                                  cfg.stories_per_prompt, chunk=max(cfg.gen_batch_size, 16), progress=progress,
+                                  prime=cfg.prime)
+    neutral = generate_neutral(lm, backend, run_dir, cfg.n_neutral, seed=cfg.seed,
+                               chunk=max(cfg.gen_batch_size, 16), progress=progress)
     return {"stories": report.summary(), "neutral": neutral.summary()}
 
 
@@ -210,8 +229,9 @@ def run(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None, pr
     """Every stage into `run_dir`, resuming whatever is already there; returns (and writes) the summary."""
     t0 = time.time()
     run_dir = Path(run_dir)
-    cfg = open_run(run_dir, cfg)
+    cfg = open_run(run_dir, cfg, write=False)
     lm = lm or run_model(cfg)
+    cfg = open_run(run_dir, cfg)
     if (run_dir / VECTORS_FILE).exists():
         EmotionVectors.load(run_dir / VECTORS_FILE, model=lm)  # refuse a run dir made with another model
     timings: dict[str, float] = {}

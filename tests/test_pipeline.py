@@ -11,7 +11,7 @@ from emovec.pipeline import make_config, open_run
 from emovec.steering import parse_layers, parse_spec, steering_vector
 from emovec.storage import read_json
 
-from .conftest import SMALL_EMOTIONS
+SMALL_EMOTIONS = ["happy", "sad", "afraid", "angry", "calm", "desperate"]
 
 
 def test_heldout_recognition_far_above_chance(small_run):
@@ -61,6 +61,7 @@ def test_readout_separates_unseen_sentences(lm, small_vectors):
 
 def test_steering_hooks_are_removed(lm, small_vectors):
     ids = lm.tokenizer("The weather today is", return_tensors="pt")
+    hooks_before = [len(layer._forward_hooks) for layer in lm.layers]  # transformers keeps some hooks of its own
     with torch.no_grad():
         base = lm.model(**ids).logits
         with steer(lm, small_vectors, "happy=0.5"):
@@ -72,7 +73,7 @@ def test_steering_hooks_are_removed(lm, small_vectors):
         after_crash = lm.model(**ids).logits
     assert not torch.allclose(base, steered)
     assert torch.equal(base, after) and torch.equal(base, after_crash)
-    assert all(not layer._forward_hooks for layer in lm.layers)
+    assert [len(layer._forward_hooks) for layer in lm.layers] == hooks_before
 
 
 def test_steering_arithmetic(small_vectors):
@@ -114,11 +115,13 @@ def test_happy_vs_sad_steering_changes_generation(lm, small_vectors):
     scores = {e: score_texts(lm, small_vectors, t, emotions=["happy", "sad"]) for e, t in texts.items()}
     margin = {e: float((s["happy"] - s["sad"]).mean()) for e, s in scores.items()}
     assert texts["happy"] != texts["sad"]
-    assert margin["happy"] > margin["sad"], (margin, texts)
+    # measured here: happy-steered text reads ~+11 on happy-minus-sad, sad-steered ~-3 (layer 20, s=0.1)
+    assert margin["happy"] - margin["sad"] > 3.0, (margin, texts)
 
 
-STEER_STRENGTH = 0.3
-STEER_LAYERS = "10-20"
+# One layer at two thirds of depth; steering 10+ layers at once at these strengths breaks a 135M model's text.
+STEER_STRENGTH = 0.1
+STEER_LAYERS = "20"
 
 
 def test_run_dir_guards(tmp_path):

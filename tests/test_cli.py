@@ -1,0 +1,67 @@
+"""The CLI: real commands on real files; bad input gives one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from emovec.cli import main
+
+
+def _run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _assert_clean_error(res, *needles: str):
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err  # one line, nothing else
+    for n in needles:
+        assert n in err, err
+
+
+def test_info_on_vectors_and_run(small_run):
+    res = _run("info", str(small_run / "vectors.safetensors"))
+    assert res.exit_code == 0
+    assert "width: 576" in res.output and "default_layer: 20" in res.output
+    res = _run("info", str(small_run))
+    assert res.exit_code == 0 and '"emotions"' in res.output
+
+
+def test_score_and_generate(small_run):
+    res = _run("score", "The storm tore the roof off and the children screamed.", "-v", str(small_run), "--top", "2")
+    assert res.exit_code == 0, res.output
+    assert "top1" in res.output and "storm" in res.output
+    res = _run("generate", "Say one sentence about rain.", "-v", str(small_run), "--steer", "calm=0.05",
+               "--max-new-tokens", "8")
+    assert res.exit_code == 0, res.output
+    assert "steering: calm=0.05" in res.stderr and res.stdout.strip()
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["score", "hi", "--emotions", "hapy"], ["unknown emotion 'hapy'", "did you mean happy"]),
+    (["score", "hi", "--layer", "45"], ["layer 45 is out of range", "0..29"]),
+    (["generate", "hi", "--steer", "calm=strong"], ["not a number"]),
+    (["generate", "hi", "--steer", "calmm=0.1"], ["unknown emotion", "calm"]),
+    (["generate", "hi", "--layers", "10-40"], ["out of range"]),
+])
+def test_bad_arguments(small_run, args, needles):
+    res = _run(*args[:2], "-v", str(small_run), *args[2:])
+    _assert_clean_error(res, *needles)
+
+
+def test_bad_files(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    _assert_clean_error(_run("info", str(bad)), "not a valid emovec vector file")
+    _assert_clean_error(_run("info", str(tmp_path / "nope.safetensors")), "not found")
+    _assert_clean_error(_run("info", str(tmp_path)), "not a run directory")
+    _assert_clean_error(_run("extract", str(tmp_path)), "not a run directory")
+    _assert_clean_error(_run("score", "hi", "-v", str(bad)), "not a valid emovec vector file")
+
+
+def test_run_refuses_missing_model_and_empty_corpus(tmp_path):
+    _assert_clean_error(_run("run", str(tmp_path / "r1"), "--model", str(tmp_path / "no-such-model")), "not found")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    _assert_clean_error(_run("stories", str(tmp_path / "r2"), "--import", str(empty), "--n-neutral", "0"), "no stories")
