@@ -7,7 +7,16 @@ concepts -> corpus -> activations -> vectors -> readout / steering -> analyses -
 __version__ = "0.1.0"
 
 from .activations import CorpusActivations, extract_corpus, load_corpus_activations, pool_mask, pool_texts
-from .analyses import heldout_recognition
+from .analyses import (
+    compare_models,
+    geometry,
+    heldout_recognition,
+    implicit_prompts,
+    layer_sweep,
+    load_norms,
+    logit_lens,
+    severity,
+)
 from .concepts import load_concepts, resolve_emotions
 from .corpus import (
     generate_neutral,
@@ -21,6 +30,7 @@ from .generation import GenerationBackend, HFBackend, Sampling, generate_text
 from .models import DEFAULT_MODEL, LanguageModel, find_layers, load_model
 from .pipeline import PRESETS, RunConfig, make_config, run
 from .readout import project, score_text, score_texts, top_emotions
+from .report import run_analyses, write_report
 from .steering import SteeringVector, parse_spec, steer, steering_vector
 from .storage import EmovecError
 from .vectors import EmotionVectors
@@ -32,4 +42,6 @@ __all__ = [
     "load_concepts", "load_corpus", "load_corpus_activations", "load_model", "make_config", "names_emotion",
     "parse_spec", "parse_stories", "pool_mask", "pool_texts", "project", "resolve_emotions", "run", "score_text",
     "score_texts", "steer", "steering_vector", "top_emotions",
+    "compare_models", "geometry", "implicit_prompts", "layer_sweep", "load_norms", "logit_lens", "run_analyses",
+    "severity", "write_report",
 ]

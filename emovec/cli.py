@@ -72,14 +72,20 @@ def run_options(f: Callable) -> Callable:
 
 
 def _config(run_dir: str, preset: str | None, emotions: str | None, **kw: Any) -> Any:
+    """The run's settings: a new run from preset + options, or a stored run with the options given on top."""
+    import dataclasses
+
     from .pipeline import RUN_FILE, make_config, open_run
 
     given = {k: v for k, v in kw.items() if v is not None}
-    if (Path(run_dir) / RUN_FILE).exists() and not preset and not given and not emotions:
-        return open_run(run_dir)
-    cfg = make_config(preset or ("quick" if not (Path(run_dir) / RUN_FILE).exists() else None),
-                      emotions=[e.strip() for e in emotions.split(",")] if emotions else None, **given)
-    return open_run(run_dir, cfg, write=False)
+    if emotions:
+        given["emotions"] = [e.strip() for e in emotions.split(",") if e.strip()]
+    if (Path(run_dir) / RUN_FILE).exists():
+        saved = open_run(run_dir)
+        base = dataclasses.asdict(make_config(preset)) if preset else {}
+        merged = dataclasses.replace(saved, **{k: v for k, v in {**base, **given}.items() if k != "extra"})
+        return open_run(run_dir, merged, write=False)
+    return open_run(run_dir, make_config(preset or "quick", **given), write=False)
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -91,16 +97,25 @@ def _print_summary(s: dict[str, Any]) -> None:
     click.echo(f"neutral dialogues: {ne['kept']} kept of {ne['written']}")
     click.echo(f"layer used: {s['layer']} (about two thirds of depth)")
     click.echo(f"held-out recognition ({r['folds']}-fold, {r['n_stories']} stories, {r['n_emotions']} emotions): "
-               f"top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}), top-5 {r['top5']:.1%} (chance {r['chance_top5']:.1%})")
+               f"top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}, binomial p = {r['p_top1']:.1g}), "
+               f"top-5 {r['top5']:.1%} (chance {r['chance_top5']:.1%})")
     click.echo(f"best layer by held-out top-1: {r['best_layer']} ({r['best_layer_top1']:.1%}; chosen on the same folds)")
     if r["confusions"]:
         click.echo("most confused: " + ", ".join(f"{x['true']}->{x['predicted']} ({x['count']})" for x in r["confusions"]))
-    click.echo("\ntop emotions on held-out sentences (not used for training):")
-    for p in s["probes"]:
+    ranked = [p for p in s["probes"] if p["rank_of_intended"]]
+    if ranked:
+        n_emo = s.get("n_vectors", r["n_emotions"])
+        hits1 = sum(p["rank_of_intended"] == 1 for p in ranked)
+        hits3 = sum(p["rank_of_intended"] <= 3 for p in ranked)
+        click.echo(f"\nheld-out sentences (not used for training; scores centred over the set), {len(ranked)} with an emotion in the set: intended "
+                   f"ranked 1st for {hits1} (chance {len(ranked) / n_emo:.1f}), top-3 for {hits3} (chance {3 * len(ranked) / n_emo:.1f})")
+    for p in s["probes"][:: max(1, len(s["probes"]) // 8)][:8]:
         top = ", ".join(f"{e} {v:+.2f}" for e, v in p["top"])
         rank = f"rank {p['rank_of_intended']}" if p["rank_of_intended"] else "not in set"
         click.echo(f"  [{p['intended']}: {rank}] {p['text'][:70]}...\n      -> {top}")
     click.echo(f"\ntime: {s['timings']}  outputs: {s['run_dir']}")
+    if s.get("report"):
+        click.echo(f"report: {s['report']}")
 
 
 @main.command()
@@ -238,6 +253,48 @@ def info(path: str) -> None:
             return
     for k, v in EmotionVectors.load(p).info().items():
         click.echo(f"{k:>24}: {v}")
+
+
+@main.command()
+@click.argument("run_dir")
+@click.option("--only", default=None, help="comma-separated subset: logit-lens,geometry,layer-sweep,severity,implicit")
+@click.option("--force", is_flag=True, help="recompute results that already exist")
+def analyze(run_dir: str, only: str | None, force: bool) -> None:
+    """Run the validation analyses on RUN_DIR; results go to RUN_DIR/analyses/*.json."""
+    from .report import analyses_dir, run_analyses, summarize
+
+    results = run_analyses(run_dir, only=[x.strip() for x in only.split(",") if x.strip()] if only else None, force=force)
+    for name, result in results.items():
+        click.echo(summarize(name, result))
+    click.echo(f"results: {analyses_dir(run_dir)}")
+
+
+@main.command()
+@click.argument("run_dir")
+@click.option("--no-compute", is_flag=True, help="render only the analyses already saved (no model needed)")
+def report(run_dir: str, no_compute: bool) -> None:
+    """Write RUN_DIR/report.html (self-contained), computing missing analyses first."""
+    from .report import write_report
+
+    click.echo(f"report: {write_report(run_dir, compute=not no_compute)}")
+
+
+@main.command()
+@click.argument("run_dir")
+@click.option("--model-b", required=True, help="second model (same tokenizer): directory, .gguf, or smollm2-135m")
+@click.option("--steer-b", "-s", multiple=True, help="steer model b while reading, e.g. sad=0.1 (for a self-test)")
+@click.option("--layer", type=int, default=None, help="layer to read (default: the vectors' default layer)")
+@click.option("--base", is_flag=True, help="read plain prompts without the chat template (for base models)")
+def compare(run_dir: str, model_b: str, steer_b: tuple[str, ...], layer: int | None, base: bool) -> None:
+    """Which emotions rise and fall from the run's model to MODEL_B on the same prompts (analyses/compare.json)."""
+    from .models import load_model
+    from .pipeline import open_run, run_model
+    from .report import run_compare, summarize
+
+    cfg = open_run(run_dir)
+    lm = run_model(cfg)
+    lm_b = lm if model_b == cfg.model else load_model(model_b, device=cfg.device, dtype=cfg.dtype)
+    click.echo(summarize("compare", run_compare(run_dir, lm_b, list(steer_b) or None, lm=lm, layer=layer, chat=not base)))
 
 
 if __name__ == "__main__":

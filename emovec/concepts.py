@@ -41,6 +41,8 @@ def load_concepts(source: str | Path | None = None) -> list[str]:
         raise EmovecError(f"{path}: concept list not found; pass a text file with one emotion per line") from None
     except UnicodeDecodeError:
         raise EmovecError(f"{path}: concept list is not UTF-8 text; save it as UTF-8 with one emotion per line") from None
+    except OSError as exc:
+        raise EmovecError(f"{path}: cannot read the concept list ({exc.strerror or type(exc).__name__})") from None
     return _parse(text, str(path))
 
 

@@ -195,11 +195,16 @@ def corpus_report(path: Path, emotions: Sequence[str] | None = None) -> CorpusRe
     """Count written, kept and dropped rows of a story or neutral file."""
     rows = read_jsonl(path) if path.exists() else []
     kept = [r for r in rows if r.get("kept", True)]
-    dropped = Counter(r.get("reason", "unknown") for r in rows if not r.get("kept", True))
-    per = Counter(r.get("emotion", "neutral") for r in kept)
+    dropped = Counter(_label(r.get("reason"), "unknown") for r in rows if not r.get("kept", True))
+    per = Counter(_label(r.get("emotion"), "neutral") for r in kept)
     if emotions is not None:
         per = Counter({e: per.get(e, 0) for e in emotions})
     return CorpusReport(path=path, total=len(rows), kept=len(kept), dropped=dict(dropped), per_emotion=dict(per))
+
+
+def _label(value: object, default: str) -> str:
+    """A row's emotion or reason as a string key (a hand-edited file may hold anything there)."""
+    return value if isinstance(value, str) else default
 
 
 def _done_jobs(path: Path) -> set[str]:
@@ -317,7 +322,7 @@ def load_corpus(run_dir: str | Path, kind: str = "stories", emotions: Sequence[s
     rows = [r for r in read_jsonl(path) if r.get("kept", True) and isinstance(r.get("text"), str) and r["text"].strip()]
     if emotions is not None:
         allowed = set(emotions)
-        rows = [r for r in rows if r.get("emotion") in allowed]
+        rows = [r for r in rows if isinstance(r.get("emotion"), str) and r["emotion"] in allowed]
     if not rows:
         raise EmovecError(f"{path}: no usable {kind} (empty corpus or every row filtered); generate or import more")
     return rows

@@ -10,11 +10,14 @@ resumed on its own:
     vectors.safetensors      EmotionVectors (raw + denoised, mean norms, metadata)
     recognition.json         held-out recognition per kept layer
     summary.json             the numbers `emovec run` prints
+    analyses/*.json          validation analyses (logit lens, geometry, layer sweep, severity, implicit)
+    report.html              the self-contained HTML report of all of the above
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +38,7 @@ VECTORS_FILE = "vectors.safetensors"
 
 QUICK_EMOTIONS = ["happy", "sad", "afraid", "angry", "calm", "desperate", "proud", "lonely", "disgusted", "surprised",
                   "nervous", "grateful", "excited", "bored", "ashamed", "hopeful", "jealous", "relieved", "tired",
-                  "loving"]
+                  "playful"]
 
 
 @dataclass
@@ -99,6 +102,46 @@ def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
     return RunConfig(**values)
 
 
+_INT_MIN = {"per_emotion": 1, "stories_per_prompt": 1, "n_neutral": 0, "max_new_tokens": 1, "seed": None,
+            "token_start": 1, "gen_batch_size": 1, "extract_batch_size": 1, "folds": 2}
+_OPTIONAL_STR = ("concepts", "gen_dtype", "dtype", "import_stories")
+
+
+def check_config(cfg: RunConfig, source: str = "run settings") -> None:
+    """Refuse settings of the wrong type or range (a run.json may be damaged or hand-edited)."""
+    def bad(key: str, want: str) -> EmovecError:
+        return EmovecError(f"{source}: {key}={getattr(cfg, key)!r} is not {want}; fix it or start a new run directory")
+
+    for key, low in _INT_MIN.items():
+        v = getattr(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool) or (low is not None and v < low):
+            raise bad(key, "an integer" + (f" >= {low}" if low is not None else ""))
+    for key in ("temperature", "top_p", "denoise_fraction"):
+        v = getattr(cfg, key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise bad(key, "a finite number >= 0")
+        setattr(cfg, key, float(v))
+    if cfg.denoise_fraction >= 1:
+        raise bad("denoise_fraction", "below 1")
+    for key in ("model", "backend", "device"):
+        if not isinstance(getattr(cfg, key), str) or not getattr(cfg, key):
+            raise bad(key, "a non-empty string")
+    for key in _OPTIONAL_STR:
+        if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), str):
+            raise bad(key, "a string")
+    if not isinstance(cfg.prime, bool):
+        raise bad("prime", "true or false")
+    if cfg.emotions is not None and not (isinstance(cfg.emotions, list) and cfg.emotions
+                                         and all(isinstance(e, str) for e in cfg.emotions)):
+        raise bad("emotions", "a list of emotion names")
+    kl = cfg.keep_layers
+    if kl is not None and kl not in ("all", "two-thirds") and not (
+            isinstance(kl, list) and all(isinstance(l, int) and not isinstance(l, bool) for l in kl)):
+        raise bad("keep_layers", "a list of layer numbers, 'all' or 'two-thirds'")
+    if not isinstance(cfg.extra, dict):
+        raise bad("extra", "a table")
+
+
 def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool = True) -> RunConfig:
     """Create a run directory with `config`, or reopen one and check `config` agrees with it.
 
@@ -113,6 +156,7 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool =
             raise EmovecError(f"{path}: not a run file; remove it or choose another run directory")
         known = {f.name for f in dataclasses.fields(RunConfig)}
         saved = RunConfig(**{k: v for k, v in stored.items() if k in known})
+        check_config(saved, f"{path}")
         if config is None:
             return saved
         for key in _IDENTITY:
@@ -210,14 +254,21 @@ def stage_recognition(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
 
 
 def probe_readout(lm: LanguageModel, vectors: EmotionVectors, k: int = 3) -> list[dict[str, Any]]:
-    """Top emotions of the built-in held-out probe sentences (not used for training)."""
+    """Top emotions of the built-in held-out probe sentences (not used for training).
+
+    Short sentences share a large offset from the story-trained centre (they are
+    pooled from position 1, stories from the token start), which lifts the same few
+    emotions everywhere; scores are therefore centred per emotion over the probe
+    set, i.e. each sentence is read relative to the other probe sentences.
+    """
     from importlib import resources
 
     path = resources.files("emovec").joinpath("data/probe_sentences.jsonl")
     rows = read_jsonl(Path(str(path)))
-    df = score_texts(lm, vectors, [r["text"] for r in rows])
+    df = score_texts(lm, vectors, [r["text"] for r in rows]).drop(columns="text")
+    df = df - df.mean(axis=0)
     out = []
-    for r, (_, row) in zip(rows, df.drop(columns="text").iterrows()):
+    for r, (_, row) in zip(rows, df.iterrows()):
         ranked = row.sort_values(ascending=False)
         rank = int(list(ranked.index).index(r["emotion"])) + 1 if r["emotion"] in ranked.index else None
         out.append({"text": r["text"], "intended": r["emotion"], "rank_of_intended": rank,
@@ -248,13 +299,20 @@ def run(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None, pr
     timings["total_s"] = round(time.time() - t0, 1)
     summary = {
         "run_dir": str(run_dir), "model": lm.name, "n_layers": lm.n_layers, "d_model": lm.d_model,
-        "corpus": corpus, "layer": layer,
+        "corpus": corpus, "layer": layer, "n_vectors": len(vectors.emotions),
         "recognition": {"n_emotions": recog["n_emotions"], "n_stories": recog["n_stories"], "folds": recog["folds"],
-                        "top1": at["top1"], "top5": at["top5"], "chance_top1": recog["chance_top1"],
+                        "top1": at["top1"], "top5": at["top5"], "p_top1": at["p_top1"], "chance_top1": recog["chance_top1"],
                         "chance_top5": recog["chance_top5"], "best_layer": recog["best_layer"],
                         "best_layer_top1": recognition_at(recog, recog["best_layer"])["top1"],
                         "confusions": recog["confusions"][:5]},
         "probes": probes, "timings": timings,
     }
     write_json(run_dir / "summary.json", summary)
+    try:
+        from .report import write_report
+
+        summary["report"] = str(write_report(run_dir, lm))
+        write_json(run_dir / "summary.json", summary)
+    except Exception as exc:  # an analysis failure must not cost the user the run summary
+        print(f"warning: report not written ({type(exc).__name__}: {exc}); retry with `emovec report {run_dir}`")
     return summary

@@ -28,6 +28,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
@@ -56,8 +59,11 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise EmovecError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EmovecError(f"{path}: not valid UTF-8 JSON ({exc}); delete it and re-run the stage that writes it") from None
+    except OSError as exc:
+        raise EmovecError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting or number sizes
+        why = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        raise EmovecError(f"{path}: not valid UTF-8 JSON ({why}); delete it and re-run the stage that writes it") from None
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
@@ -108,6 +114,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise EmovecError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise EmovecError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
     lines = raw.split(b"\n")
     if lines and lines[-1] != b"":
         lines = lines[:-1]  # torn tail from an interrupted append
@@ -117,7 +125,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             continue
         try:
             row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting or number sizes
             raise EmovecError(f"{path}:{i}: not a valid UTF-8 JSON line ({exc.__class__.__name__})") from None
         if not isinstance(row, dict):
             raise EmovecError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")

@@ -256,15 +256,18 @@ def _read_vector_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise bad("no emovec metadata")
     try:
         meta = json.loads(raw_meta)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise bad("metadata is not JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise bad(f"format is {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT}")
     emotions, layers = meta.get("emotions"), meta.get("layers")
     if not (isinstance(emotions, list) and emotions and all(isinstance(e, str) for e in emotions)):
         raise bad("emotion list missing")
-    if not (isinstance(layers, list) and layers and all(isinstance(l, int) for l in layers)):
+    if not (isinstance(layers, list) and layers and all(_is_int(l) and l >= 0 for l in layers)):
         raise bad("layer list missing")
+    if len(set(emotions)) != len(emotions) or len(set(layers)) != len(layers):
+        raise bad("emotions or layers listed twice")
+    _check_meta_fields(meta, layers, bad)
     for key in ("raw", "denoised", "grand_mean", "mean_norm"):
         if key not in tensors:
             raise bad(f"tensor {key!r} missing")
@@ -278,8 +281,38 @@ def _read_vector_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         if not torch.isfinite(tensors[key]).all():
             raise bad(f"tensor {key!r} holds NaN or infinite values")
     for key, t in tensors.items():
-        if key.startswith("components.") and (t.dim() != 2 or t.shape[-1] != d):
-            raise bad(f"tensor {key!r} has shape {tuple(t.shape)}")
+        if not key.startswith("components."):
+            continue
+        layer = key.split(".", 1)[1]
+        if not (layer.isdigit() and int(layer) in layers):
+            raise bad(f"tensor {key!r} names no stored layer")
+        if t.dtype != torch.float32 or t.dim() != 2 or t.shape[-1] != d or not torch.isfinite(t).all():
+            raise bad(f"tensor {key!r} has shape {tuple(t.shape)} and dtype {t.dtype}, expected [k, {d}] finite float32")
     if not all(math.isfinite(float(x)) and float(x) > 0 for x in tensors["mean_norm"]):
         raise bad("mean norms must be positive")
     return tensors, meta
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_meta_fields(meta: dict[str, Any], layers: list[int], bad: Any) -> None:
+    """Metadata that later code relies on must have the right types (a file may lie)."""
+    n = meta.get("n_layers")
+    if n is not None and not (_is_int(n) and n > max(layers)):
+        raise bad(f"n_layers {n!r} is not a depth above the stored layers")
+    default = meta.get("default_layer")
+    if default is not None and not _is_int(default):
+        raise bad(f"default_layer {default!r} is not an integer")
+    for key in ("d_model", "token_start", "n_neutral"):
+        if meta.get(key) is not None and not _is_int(meta[key]):
+            raise bad(f"{key} {meta[key]!r} is not an integer")
+    for key in ("n_stories", "denoise_k", "denoise_explained"):
+        value = meta.get(key)
+        if key in meta and not (isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                       for v in value.values())):
+            raise bad(f"{key} is not a table of numbers")
+    for key in ("model", "model_fingerprint", "model_source", "layers_path", "score", "emovec_version"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(f"{key} {meta[key]!r} is not a string")
