@@ -297,5 +297,36 @@ def compare(run_dir: str, model_b: str, steer_b: tuple[str, ...], layer: int | N
     click.echo(summarize("compare", run_compare(run_dir, lm_b, list(steer_b) or None, lm=lm, layer=layer, chat=not base)))
 
 
+@main.command()
+@click.argument("prompt")
+@vectors_option
+@click.option("--emotion", "-e", default="desperate", show_default=True, help="emotion that colours the tokens")
+@click.option("--alert", "-a", multiple=True, help="EMOTION=Z alert threshold on the smoothed z-score (negative: alert on falling)")
+@click.option("--guard", "-g", default=None, help="steering switched on when an alert fires, e.g. calm=0.1,desperate=-0.1")
+@click.option("--layer", type=int, default=None, help="monitored layer (default: the vectors' default layer)")
+@click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=120, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--trace", "trace_path", default=None, help="append the trace (tokens, scores, alerts, steering) as JSONL")
+@model_options
+def monitor(prompt: str, vectors: str, emotion: str, alert: tuple[str, ...], guard: str | None, layer: int | None,
+            max_new_tokens: int, temperature: float, seed: int, trace_path: str | None, model: str | None,
+            device: str, dtype: str | None) -> None:
+    """Generate a reply to PROMPT, printing it coloured by an emotion's z-score, with alerts."""
+    from .generation import Sampling
+    from .monitor import Monitor, parse_rules, render_terminal
+
+    vecs, lm = _load(vectors, model, device, dtype)
+    emotion = vecs.resolve([emotion])[0]
+    mon = Monitor(lm, vecs, layer=layer, rules=parse_rules(list(alert), vecs.emotions), guard=guard)
+    trace = mon.generate(prompt, Sampling(max_new_tokens=max_new_tokens, temperature=temperature), seed=seed)[0]
+    click.echo(render_terminal(trace, emotion))
+    for a in trace.alerts:
+        click.echo(f"alert: {a.emotion} z={a.z:+.2f} at token {a.position}: ...{a.context[-60:]!r}", err=True)
+    if trace_path:
+        trace.save(trace_path)
+        click.echo(f"trace appended to {trace_path}", err=True)
+
+
 if __name__ == "__main__":
     main()

@@ -176,10 +176,12 @@ class CorpusReport:
         return 1 - self.kept / self.total if self.total else 0.0
 
     def summary(self) -> dict[str, Any]:
-        counts = list(self.per_emotion.values()) or [0]
-        return {"file": str(self.path), "written": self.total, "kept": self.kept,
-                "dropped": dict(self.dropped), "drop_rate": round(self.drop_rate, 4),
-                "kept_per_emotion_min": min(counts), "kept_per_emotion_max": max(counts)}
+        out = {"file": str(self.path), "written": self.total, "kept": self.kept,
+               "dropped": dict(self.dropped), "drop_rate": round(self.drop_rate, 4)}
+        if set(self.per_emotion) != {"neutral"}:
+            counts = list(self.per_emotion.values()) or [0]
+            out.update(kept_per_emotion_min=min(counts), kept_per_emotion_max=max(counts))
+        return out
 
 
 def judge_story(text: str, emotion: str, min_words: int = MIN_WORDS) -> str | None:

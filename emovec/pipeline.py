@@ -29,6 +29,7 @@ from .concepts import load_concepts, resolve_emotions
 from .corpus import generate_neutral, generate_stories, import_stories, load_corpus
 from .generation import FastBackend, GenerationBackend, HFBackend, Sampling
 from .models import DEFAULT_MODEL, LanguageModel, load_model
+from .monitor import token_baseline
 from .readout import score_texts
 from .storage import EmovecError, read_json, read_jsonl, write_json
 from .vectors import EmotionVectors
@@ -234,6 +235,9 @@ def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
         print(f"note: no kept stories for {len(missing)} emotion(s): {', '.join(missing[:8])}; they get no vector")
     vectors = EmotionVectors.from_activations(story_acts, neutral_acts, present, cfg.denoise_fraction, model=lm,
                                               extra_meta={"run": str(run_dir), "model_source": cfg.model})
+    if neutral_rows:  # per-token readout on neutral text: the monitor's z-score baseline
+        base = token_baseline(lm, vectors, [r["text"] for r in neutral_rows])
+        vectors.meta["token_baseline"] = {str(base["layer"]): base}
     vectors.save(run_dir / VECTORS_FILE)
     return vectors
 

@@ -99,20 +99,20 @@ def test_layer_sweep_marks_best_and_two_thirds(small_run, small_vectors):
 def test_reply_states_read_the_last_prompt_token(lm, small_vectors):
     """Severity and implicit scores are the per-token score of the chat prompt's last token, whatever the padding."""
     prompts = ["I lost my keys.", "Our dog has been missing for three whole days and nobody has called."]
-    h = reply_states(lm, prompts, 20)
-    scores = project(h, small_vectors, 20).numpy()
+    h = reply_states(lm, prompts, 6)
+    scores = project(h, small_vectors, 6).numpy()
     for p, row in zip(prompts, scores):
-        per_token = score_text(lm, small_vectors, lm.chat(p), layer=20)
+        per_token = score_text(lm, small_vectors, lm.chat(p), layer=6)
         assert np.allclose(per_token[small_vectors.emotions].iloc[-1].to_numpy(), row, atol=1e-3)
 
 
 def test_severity_reports_rho_per_template_and_emotion(lm, small_vectors):
-    templates = [t for t in severity_templates() if t["name"] in ("acetaminophen dose", "days the dog is missing")]
+    templates = [t for t in severity_templates() if t["name"] == "acetaminophen dose"]
     res = severity(lm, small_vectors, templates)
-    assert {r["template"] for r in res["rows"]} == {"acetaminophen dose", "days the dog is missing"}
+    assert [(r["emotion"], r["expected"]) for r in res["rows"]] == [("afraid", "rise"), ("calm", "fall")]
     assert all(r["n"] == 8 and -1 <= r["rho"] <= 1 for r in res["rows"])
-    assert "acetaminophen dose: nervous" in res["skipped"]  # not among the 6 test emotions
-    assert res["n_tests"] == len(res["rows"]) == 6
+    assert res["skipped"] == ["acetaminophen dose: nervous"]  # not among the 6 test emotions
+    assert len(res["curves"]["acetaminophen dose"]["scores"]["afraid"]) == 8
 
 
 def test_implicit_scenarios_light_up_their_emotion(lm, small_vectors):
@@ -124,8 +124,8 @@ def test_implicit_scenarios_light_up_their_emotion(lm, small_vectors):
 
 def test_compare_recovers_the_steered_emotion(lm, small_vectors):
     """Model vs itself steered +0.1 sad at the default layer, read 4 layers later: sad is the biggest riser."""
-    prompts = [r["text"] for r in implicit_rows()][:6]
+    prompts = [r["text"] for r in implicit_rows()][:4]
     up = compare_models(lm, lm, small_vectors, prompts, layer=24, steer_b=steering_vector(small_vectors, "sad=0.1"))
-    assert up["risers"][0] == "sad" and up["rows"][0]["n_rose"] == 6 and up["rows"][0]["p"] < 0.01
+    assert up["risers"][0] == "sad" and up["rows"][0]["n_rose"] == 4 and up["rows"][0]["p"] < 0.01
     down = compare_models(lm, lm, small_vectors, prompts, layer=24, steer_b=steering_vector(small_vectors, "calm=-0.1"))
     assert down["fallers"][0] == "calm"

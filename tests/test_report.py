@@ -8,15 +8,22 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
+from emovec import compare_models, severity, steering_vector
+from emovec.analyses import implicit_rows, severity_templates
 from emovec.cli import main
-from emovec.report import ANALYSES, analyses_dir, run_compare, write_report
+from emovec.report import ANALYSES, analyses_dir, write_report
+from emovec.storage import write_json
 
 
 @pytest.fixture(scope="module")
-def reported_run(lm, small_run, tmp_path_factory):
+def reported_run(lm, small_run, small_vectors, tmp_path_factory):
+    """A copy of the small run; severity and comparison are saved first on fewer prompts (to keep tests fast)."""
     run_dir = tmp_path_factory.mktemp("report") / "run"
     shutil.copytree(small_run, run_dir)
-    run_compare(run_dir, lm, "sad=0.1", lm=lm)
+    write_json(analyses_dir(run_dir) / "severity.json", severity(lm, small_vectors, severity_templates()[:2]))
+    prompts = [r["text"] for r in implicit_rows()][:3]
+    write_json(analyses_dir(run_dir) / "compare.json",
+               compare_models(lm, lm, small_vectors, prompts, steer_b=steering_vector(small_vectors, "sad=0.1")))
     return run_dir, write_report(run_dir, lm)
 
 

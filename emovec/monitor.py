@@ -1,0 +1,325 @@
+"""Live emotion monitor: per-token readout during generation, alerts, an opt-in guard, traces.
+
+The readout rides on the generation's own forward passes (a hook on the
+monitored layer reads the newest position), so monitoring costs no second pass.
+Scores are z-scored against the model's own per-token readout on neutral text
+(`token_baseline`), smoothed over a window, and an alert fires when the smoothed
+z crosses a rule's threshold. With a guard, an alert switches on steering (e.g.
+`calm=+0.1, desperate=-0.1`) for the rest of the generation, and the trace
+records when it did.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .activations import hidden_of, layer_hooks
+from .generation import Sampling, _eos_ids, sample_next
+from .models import LanguageModel
+from .readout import project, score_text
+from .steering import SteeringVector, parse_spec, steering_vector
+from .storage import EmovecError, append_jsonl, read_jsonl
+from .vectors import EmotionVectors
+
+
+def render_terminal(trace: Trace, emotion: str, width: float = 3.0) -> str:
+    """The trace's text with each token's background coloured by the z-score of `emotion` (ANSI), alerts marked."""
+    import click
+
+    if trace.events and emotion not in trace.events[0].z:
+        raise EmovecError(f"emotion {emotion!r} was not monitored in this trace (monitored: {', '.join(trace.events[0].z)})")
+    out = []
+    for ev in trace.events:
+        z = max(-1.0, min(1.0, ev.z.get(emotion, 0.0) / width))
+        shade = int(255 * (1 - abs(z)))
+        bg = (255, shade, shade) if z > 0 else (shade, shade, 255)
+        out.append(click.style(ev.token, bg=bg, fg=(0, 0, 0)))
+        for a in ev.alerts:
+            out.append(click.style(f" [ALERT {a.emotion} z={a.z:+.1f}] ", fg=(255, 255, 255), bg=(160, 0, 0), bold=True))
+    return "".join(out)
+
+
+def token_baseline(lm: LanguageModel, vectors: EmotionVectors, texts: Sequence[str], layer: int | None = None,
+                   max_texts: int = 64) -> dict[str, Any]:
+    """Mean and std of per-token scores (all emotions, positions >= 1) over neutral `texts`."""
+    texts = [t for t in texts if t.strip()][:max_texts]
+    if not texts:
+        raise EmovecError("token baseline needs at least one neutral text")
+    layer = vectors.default_layer if layer is None else lm.check_layer(layer)
+    rows = [score_text(lm, vectors, t, layer=layer).drop(columns="token").to_numpy()[1:] for t in texts]
+    allrows = np.concatenate([r for r in rows if len(r)])
+    return {"layer": layer, "emotions": list(vectors.emotions), "mean": allrows.mean(0).tolist(),
+            "std": np.maximum(allrows.std(0), 1e-6).tolist(), "n_tokens": int(len(allrows)), "n_texts": len(texts)}
+
+
+def stored_baseline(vectors: EmotionVectors, layer: int) -> dict[str, Any] | None:
+    """The token baseline saved with the vectors for `layer`, if any."""
+    base = (vectors.meta.get("token_baseline") or {}).get(str(layer))
+    return base if isinstance(base, dict) and base.get("emotions") == list(vectors.emotions) else None
+
+
+@dataclass
+class AlertRule:
+    """Fire when the `window`-token mean z-score of `emotion` reaches `z` (or falls to -z with `below`)."""
+
+    emotion: str
+    z: float = 3.0
+    window: int = 4
+    below: bool = False
+
+
+@dataclass
+class Alert:
+    position: int
+    emotion: str
+    score: float
+    z: float
+    context: str
+
+
+@dataclass
+class TokenEvent:
+    """One token of a monitored text: its scores, z-scores, alerts fired here, steering in force."""
+
+    position: int
+    token: str
+    scores: dict[str, float]
+    z: dict[str, float]
+    alerts: list[Alert] = field(default_factory=list)
+    steering: str = ""
+    row: int = 0
+
+
+def parse_rules(spec: str | Sequence[str] | None, known: list[str]) -> list[AlertRule]:
+    """Parse "desperate=3,calm=-2.5" into rules (a negative threshold alerts on falling below it)."""
+    from .concepts import resolve_emotions
+
+    rules = []
+    for name, value in parse_spec(spec).items():
+        emotion = resolve_emotions([name], known)[0]
+        rules.append(AlertRule(emotion, z=abs(value), below=value < 0))
+    return rules
+
+
+class _Alerter:
+    """Tracks smoothed z-scores for one sequence and fires each rule once per crossing."""
+
+    def __init__(self, rules: list[AlertRule], emotions: list[str]):
+        self.rules = rules
+        self.idx = {r.emotion: emotions.index(r.emotion) for r in rules}
+        self.history: list[np.ndarray] = []
+        self.armed = {r.emotion: True for r in rules}
+
+    def step(self, position: int, z: np.ndarray, scores: np.ndarray, context: str) -> list[Alert]:
+        self.history.append(z)
+        fired = []
+        for r in self.rules:
+            i = self.idx[r.emotion]
+            window = np.array([h[i] for h in self.history[-r.window:]])
+            smooth = float(window.mean())
+            hit = smooth <= -r.z if r.below else smooth >= r.z
+            if hit and self.armed[r.emotion] and len(window) >= min(r.window, len(self.history)):
+                fired.append(Alert(position, r.emotion, float(scores[i]), round(smooth, 3), context[-120:]))
+                self.armed[r.emotion] = False
+            elif not hit:
+                self.armed[r.emotion] = True
+        return fired
+
+
+@dataclass
+class Trace:
+    """A monitored text: settings, token events, and the steering applied; JSONL on disk."""
+
+    meta: dict[str, Any]
+    events: list[TokenEvent]
+
+    @property
+    def alerts(self) -> list[Alert]:
+        return [a for e in self.events for a in e.alerts]
+
+    @property
+    def text(self) -> str:
+        return "".join(e.token for e in self.events)
+
+    def save(self, path: str | Path) -> Path:
+        """Append this trace as JSONL: one header line, then one line per token."""
+        rows = [{"type": "trace", **self.meta}] + [{"type": "token", **asdict(e)} for e in self.events]
+        append_jsonl(path, rows)
+        return Path(path)
+
+
+def load_traces(path: str | Path) -> list[Trace]:
+    """Read every trace from a JSONL file written by `Trace.save`."""
+    traces: list[Trace] = []
+    for i, row in enumerate(read_jsonl(path), 1):
+        kind = row.pop("type", None)
+        if kind == "trace":
+            traces.append(Trace(meta=row, events=[]))
+        elif kind == "token" and traces:
+            try:
+                row["alerts"] = [Alert(**a) for a in row.get("alerts", [])]
+                traces[-1].events.append(TokenEvent(**row))
+            except TypeError:
+                raise EmovecError(f"{path}:{i}: not a token line of an emovec trace") from None
+        else:
+            raise EmovecError(f"{path}:{i}: not an emovec trace line (expected a trace header first)")
+    return traces
+
+
+class Monitor:
+    """Reads emotions token by token at one layer while a model generates (or over a given text)."""
+
+    def __init__(self, lm: LanguageModel, vectors: EmotionVectors, layer: int | None = None,
+                 emotions: list[str] | str | None = None, rules: list[AlertRule] | None = None,
+                 baseline: dict[str, Any] | None = None, guard: str | dict[str, float] | None = None,
+                 guard_layers: str | None = None):
+        vectors.check_model(lm)
+        self.lm, self.vectors = lm, vectors
+        self.layer = vectors.default_layer if layer is None else lm.check_layer(layer)
+        vectors.layer_index(self.layer)
+        self.emotions = vectors.resolve(emotions)
+        self.rules = rules or []
+        for r in self.rules:
+            vectors.resolve([r.emotion])
+        base = baseline or stored_baseline(vectors, self.layer)
+        if base is None:
+            raise EmovecError("these vectors carry no token baseline for this layer; compute one with "
+                              "emovec.monitor.token_baseline(lm, vectors, neutral_texts) and pass baseline=")
+        pick = [base["emotions"].index(e) for e in self.emotions]
+        self.mean = np.asarray(base["mean"])[pick]
+        self.std = np.asarray(base["std"])[pick]
+        self.baseline_info = {k: base[k] for k in ("n_tokens", "n_texts") if k in base}
+        self.guard: SteeringVector | None = steering_vector(vectors, guard, guard_layers) if guard else None
+
+    def _event(self, pos: int, token: str, s: np.ndarray, alerter: _Alerter, context: str, steering: str,
+               row: int = 0) -> TokenEvent:
+        z = (s - self.mean) / self.std
+        alerts = alerter.step(pos, z, s, context + token)
+        return TokenEvent(pos, token, {e: round(float(v), 3) for e, v in zip(self.emotions, s)},
+                          {e: round(float(v), 3) for e, v in zip(self.emotions, z)}, alerts, steering, row)
+
+    def _meta(self, **extra: Any) -> dict[str, Any]:
+        return {"model": self.lm.name, "layer": self.layer, "emotions": self.emotions,
+                "rules": [asdict(r) for r in self.rules], "baseline": self.baseline_info,
+                "guard": self.guard.label if self.guard else None, **extra}
+
+    def read_text(self, text: str) -> Trace:
+        """Monitor an existing text (teacher-forced): same scores and alert logic as generation."""
+        df = score_text(self.lm, self.vectors, text, layer=self.layer, emotions=self.emotions)
+        alerter = _Alerter(self.rules, self.emotions)
+        events, context = [], ""
+        for pos, row in df.iterrows():
+            scores = row[self.emotions].to_numpy(dtype=float)
+            if pos == 0:  # the attention sink: shown, but kept out of the alert windows
+                events.append(TokenEvent(0, row["token"], {e: round(float(v), 3) for e, v in zip(self.emotions, scores)},
+                                         {e: 0.0 for e in self.emotions}))
+            else:
+                events.append(self._event(int(pos), row["token"], scores, alerter, context, ""))
+            context += row["token"]
+        return Trace(self._meta(source="text"), events)
+
+    @torch.inference_mode()
+    def stream(self, prompts: str | Sequence[str], sampling: Sampling | None = None, seed: int = 0,
+               chat: bool = True, steer: SteeringVector | None = None) -> Iterator[list[TokenEvent]]:
+        """Generate from one or more prompts, yielding each step's new tokens (one event per live row)."""
+        from transformers import DynamicCache
+
+        lm, sampling = self.lm, sampling or Sampling()
+        batch = [prompts] if isinstance(prompts, str) else list(prompts)
+        texts = [lm.chat(p) if chat else p for p in batch]
+        tok = lm.tokenizer
+        tok.padding_side = "left"
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, attn = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)
+        n = len(batch)
+        eos = set(_eos_ids(lm))
+        gen = torch.Generator().manual_seed(seed)
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(_idx: int, _m: object, _i: tuple, out: object) -> None:
+            captured["h"] = hidden_of(out)[:, -1].detach().float().cpu()
+
+        alerters = [_Alerter(self.rules, self.emotions) for _ in range(n)]
+        contexts = [""] * n
+        alive = [True] * n
+        guarded = [False] * n
+        with ExitStack() as stack:
+            stack.enter_context(layer_hooks(lm, [self.layer], grab))
+            if steer is not None:
+                stack.enter_context(steer.apply(lm))
+            guard_mask = torch.zeros(n, 1, dtype=lm.dtype, device=lm.device)
+            if self.guard is not None:
+                stack.enter_context(_row_masked(self.guard, lm, guard_mask))
+            cache = DynamicCache(config=lm.model.config)
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            logits = lm.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                              use_cache=True, logits_to_keep=1).logits[:, -1]
+            for step in range(sampling.max_new_tokens):
+                nxt = sample_next(logits.float().cpu(), sampling, gen)
+                ending = [alive[r] and int(nxt[r]) in eos for r in range(n)]
+                for r in range(n):
+                    alive[r] = alive[r] and not ending[r]
+                if not any(alive):
+                    break
+                # feeding the new token both scores it (hook on its own position) and yields the next logits
+                attn = torch.cat([attn, attn.new_ones(n, 1)], dim=1)
+                pos = pos[:, -1:] + 1
+                logits = lm.model(input_ids=nxt[:, None].to(lm.device), attention_mask=attn, position_ids=pos,
+                                  past_key_values=cache, use_cache=True).logits[:, -1]
+                scores = project(captured["h"], self.vectors, self.layer, self.emotions).numpy()
+                events = []
+                for r in range(n):
+                    if not alive[r]:
+                        continue
+                    piece = tok.decode([int(nxt[r])])
+                    label = self.guard.label if guarded[r] else ""
+                    ev = self._event(step, piece, scores[r], alerters[r], contexts[r], label, r)
+                    contexts[r] += piece
+                    if ev.alerts and self.guard is not None and not guarded[r]:
+                        guarded[r] = True
+                        guard_mask[r] = 1.0
+                    events.append(ev)
+                yield events
+
+    def generate(self, prompts: str | Sequence[str], sampling: Sampling | None = None, seed: int = 0,
+                 chat: bool = True, steer: SteeringVector | None = None) -> list[Trace]:
+        """Run `stream` to the end and return one trace per prompt."""
+        batch = [prompts] if isinstance(prompts, str) else list(prompts)
+        per_row: list[list[TokenEvent]] = [[] for _ in batch]
+        for events in self.stream(batch, sampling, seed, chat, steer):
+            for ev in events:
+                per_row[ev.row].append(ev)
+        return [Trace(self._meta(source="generation", prompt=p, seed=seed,
+                                 steer=steer.label if steer is not None else None), evs)
+                for p, evs in zip(batch, per_row)]
+
+
+class _row_masked:
+    """Context manager: apply a steering vector only to rows whose mask entry is 1 (the mask may change)."""
+
+    def __init__(self, sv: SteeringVector, lm: LanguageModel, mask: torch.Tensor):
+        self.sv, self.lm, self.mask = sv, lm, mask
+        self.stack = ExitStack()
+
+    def __enter__(self) -> _row_masked:
+        cast = {l % self.lm.n_layers: v.to(self.lm.device, self.lm.dtype) for l, v in self.sv.deltas.items()}
+
+        def add(idx: int, _m: object, _i: tuple, out: object) -> object:
+            from .activations import with_hidden
+
+            h = hidden_of(out)
+            return with_hidden(out, h + self.mask[:, :, None] * cast[idx])
+
+        self.stack.enter_context(layer_hooks(self.lm, sorted(cast), add))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
