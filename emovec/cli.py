@@ -328,5 +328,20 @@ def monitor(prompt: str, vectors: str, emotion: str, alert: tuple[str, ...], gua
         click.echo(f"trace appended to {trace_path}", err=True)
 
 
+@main.command()
+@vectors_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind (keep 127.0.0.1 unless you mean it)")
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.option("--layer", type=int, default=None, help="monitored and steered layer (default: the vectors' default)")
+@model_options
+def serve(vectors: str, host: str, port: int, layer: int | None, model: str | None, device: str, dtype: str | None) -> None:
+    """Serve the live monitor page: type a prompt, watch tokens coloured by emotion, steer with sliders."""
+    from .server import serve as run_server
+
+    vecs, lm = _load(vectors, model, device, dtype)
+    click.echo(f"emovec monitor on http://{host}:{port}/  (Ctrl-C to stop)", err=True)
+    run_server(lm, vecs, host=host, port=port, layer=layer)
+
+
 if __name__ == "__main__":
     main()

@@ -210,10 +210,12 @@ def child():
     limits()
     drop()
     os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
-sys.stdout.flush()
-os.write(cfg["notes_fd"], json.dumps(notes + (["nobody"] if cfg["uid"] is not None else [])).encode())
-os.close(cfg["notes_fd"])
+notes += ["nobody"] if cfg["uid"] is not None else []
+def report(pid):
+    os.write(cfg["notes_fd"], json.dumps({"layers": notes, "init_pid": pid}).encode())
+    os.close(cfg["notes_fd"])
 if not ns:
+    report(None)
     child()
 pid = os.fork()
 if pid == 0:
@@ -221,6 +223,7 @@ if pid == 0:
         child()
     finally:
         os._exit(127)
+report(pid)
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 _, status = os.waitpid(pid, 0)
 if os.WIFSIGNALED(status):
@@ -405,9 +408,12 @@ def run_sandboxed(files: Mapping[str, str | bytes], command: str | Sequence[str]
             stdout, stderr = _read_capped(out), _read_capped(err)
         duration = time.monotonic() - t0
         try:
-            layers = json.loads(raw_notes or b"[]")
+            notes = json.loads(raw_notes or b"{}")
         except ValueError:
-            layers = []
+            notes = {}
+        layers = list(notes.get("layers", []))
+        if timed_out and notes.get("init_pid"):
+            _wait_gone(int(notes["init_pid"]))
         layers = ["process-group", "rlimits", "clean-env", *(["audit-hook"] if audit_hook else []), *layers]
         rc = proc.returncode
         reason = None
@@ -429,6 +435,20 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _wait_gone(pid: int, limit_s: float = 5.0) -> None:
+    """Wait until a killed PID-namespace init has exited (a zombie or gone): the kernel has then killed and
+    reaped every process of its namespace, so nothing the code started outlives the call."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return
+        if fields[0] in ("Z", "X"):
+            return
+        time.sleep(0.01)
 
 
 def _user_tasks() -> int:
