@@ -246,6 +246,9 @@ def load_model(
             raise EmovecError(f"{name} has no config.json; point at a Hugging Face model directory")
         if not trust_remote_code and _needs_remote_code(Path(name)):
             raise EmovecError(f"{name} ships its own model code (auto_map); re-run with --trust-remote-code only if you trust it")
+        if not any(Path(name).glob("*.safetensors")):
+            raise EmovecError(f"{name} has no .safetensors weights; emovec never unpickles .bin files - convert them "
+                              "with transformers' save_pretrained(safe_serialization=True) in a trusted environment")
     src = Path(name)
     if gguf is not None:
         src = _gguf_cache_dir(gguf)
@@ -254,7 +257,7 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            src, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None
+            src, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except (OSError, ValueError, ImportError, AttributeError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -126,7 +126,7 @@ class _Alerter:
             window = np.array([h[i] for h in self.history[-r.window:]])
             smooth = float(window.mean())
             hit = smooth <= -r.z if r.below else smooth >= r.z
-            if hit and self.armed[r.emotion] and len(window) >= min(r.window, len(self.history)):
+            if hit and self.armed[r.emotion] and len(window) >= r.window:  # a full window: one token cannot fire
                 fired.append(Alert(position, r.emotion, float(scores[i]), round(smooth, 3), context[-120:]))
                 self.armed[r.emotion] = False
             elif not hit:

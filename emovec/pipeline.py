@@ -176,6 +176,15 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool =
     return config
 
 
+def clean_stale_temps(run_dir: str | Path) -> int:
+    """Delete temporary files left by a writer that was killed mid-write (never read; safe to drop)."""
+    removed = 0
+    for tmp in list(Path(run_dir).glob(".*.tmp")) + list(Path(run_dir).glob("activations/.*.tmp")):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def run_emotions(cfg: RunConfig) -> list[str]:
     """The emotions a run works on: its concept list, narrowed to `cfg.emotions` if given."""
     concepts = load_concepts(cfg.concepts)
@@ -287,6 +296,7 @@ def run(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None, pr
     cfg = open_run(run_dir, cfg, write=False)
     lm = lm or run_model(cfg)
     cfg = open_run(run_dir, cfg)
+    clean_stale_temps(run_dir)
     if (run_dir / VECTORS_FILE).exists():
         EmotionVectors.load(run_dir / VECTORS_FILE, model=lm)  # refuse a run dir made with another model
     timings: dict[str, float] = {}

@@ -375,3 +375,14 @@ def test_load_model_layers_path_override(saved_llama):
     with pytest.raises(EmovecError, match="no decoder layers at 'model.blocks'"):
         load_model(str(d), layers_path="model.blocks")
     assert load_model(str(d), layers_path="model.layers").layers_path == "model.layers"
+
+
+def test_pickle_only_weights_are_refused(tmp_path):
+    """A directory with only pytorch_model.bin (a pickle) is refused before anything is unpickled."""
+    from emovec.models import load_model
+    from emovec.storage import EmovecError
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}')
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(EmovecError, match="never unpickles"):
+        load_model(str(tmp_path))

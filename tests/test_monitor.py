@@ -64,7 +64,7 @@ def test_stream_scores_match_teacher_forced_readout(monitor, lm):
 
 def test_batch_stream_and_guard(lm, small_vectors, tmp_path):
     prompts = ["Write a sentence about rain.", "Write a sentence about a lost wallet."]
-    plain = Monitor(lm, small_vectors, rules=[AlertRule("desperate", z=-10.0, window=1)])  # fires at once
+    plain = Monitor(lm, small_vectors, rules=[AlertRule("desperate", z=-10.0, window=1)])  # fires at the first token
     guarded = Monitor(lm, small_vectors, rules=[AlertRule("desperate", z=-10.0, window=1)], guard="calm=0.3")
     s = Sampling(max_new_tokens=12, temperature=0)
     a, b = plain.generate(prompts, s), guarded.generate(prompts, s)
@@ -97,3 +97,30 @@ def test_rules_and_errors(lm, small_vectors):
     with pytest.raises(EmovecError, match="token baseline"):
         Monitor(lm, bare)
     assert torch.is_tensor(small_vectors.mean_norm)
+
+
+def test_monitor_cli(small_run, tmp_path):
+    from click.testing import CliRunner
+
+    from emovec.cli import main
+
+    trace = tmp_path / "t.jsonl"
+    # a negative threshold alerts when the smoothed z falls to it; one of six low bars is met on any reply
+    alerts = [f"{e}=-0.25" for e in ("happy", "sad", "afraid", "angry", "calm", "desperate")]
+    res = CliRunner().invoke(main, ["monitor", "Say hi.", "-v", str(small_run), *sum([["--alert", a] for a in alerts], []),
+                                    "--guard", "calm=0.1", "--max-new-tokens", "8", "--trace", str(trace)])
+    assert res.exit_code == 0, res.output
+    assert "alert: " in res.stderr and "[ALERT " in res.stdout  # (colours are stripped when not on a terminal)
+    assert load_traces(trace)[0].alerts
+    bad = CliRunner().invoke(main, ["monitor", "Say hi.", "-v", str(small_run), "--emotion", "despair"])
+    assert bad.exit_code == 2 and "unknown emotion" in bad.stderr
+
+
+def test_one_noisy_token_cannot_fire():
+    from emovec.monitor import _Alerter
+
+    import numpy as np
+
+    al = _Alerter([AlertRule("desperate", z=2.0, window=3)], ["desperate"])
+    fired = [al.step(i, np.array([z]), np.array([z]), "") for i, z in enumerate([5.0, 0.0, 0.0, 0.0, 3.0, 3.0, 3.0])]
+    assert [i for i, f in enumerate(fired) if f] == [5]  # the early spike is averaged away; a sustained rise fires
