@@ -29,6 +29,7 @@ from .corpus import (
 from .generation import GenerationBackend, HFBackend, Sampling, generate_text
 from .models import DEFAULT_MODEL, LanguageModel, find_layers, load_model
 from .pipeline import PRESETS, RunConfig, make_config, run
+from .speakers import speaker_dialogues, speaker_probes
 from .readout import project, score_text, score_texts, top_emotions
 from .report import run_analyses, write_report
 from .steering import SteeringVector, parse_spec, steer, steering_vector
@@ -43,5 +44,5 @@ __all__ = [
     "parse_spec", "parse_stories", "pool_mask", "pool_texts", "project", "resolve_emotions", "run", "score_text",
     "score_texts", "steer", "steering_vector", "top_emotions",
     "compare_models", "geometry", "implicit_prompts", "layer_sweep", "load_norms", "logit_lens", "run_analyses",
-    "severity", "write_report",
+    "severity", "write_report", "speaker_dialogues", "speaker_probes",
 ]

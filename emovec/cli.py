@@ -135,10 +135,11 @@ def run(run_dir: str, model: str | None, device: str, dtype: str | None, **kw: A
 @run_options
 def stories(run_dir: str, model: str | None, device: str, dtype: str | None, **kw: Any) -> None:
     """Generate (or --import) the story and neutral corpora into RUN_DIR (resumable)."""
-    from .pipeline import open_run, run_model, stage_stories
+    from .pipeline import check_model_for_run, open_run, run_model, stage_stories
 
     cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
     lm = run_model(cfg)
+    check_model_for_run(lm, cfg)
     cfg = open_run(run_dir, cfg)
     click.echo(json.dumps(stage_stories(run_dir, cfg, lm), indent=2))
 

@@ -176,6 +176,14 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool =
     return config
 
 
+def check_model_for_run(lm: LanguageModel, cfg: RunConfig) -> None:
+    """Refuse, before anything is written, a run the model cannot do (writing needs a chat template)."""
+    writes = not cfg.import_stories or cfg.n_neutral > 0
+    if writes and not lm.has_chat_template:
+        raise EmovecError(f"{lm.name} has no chat template, so it cannot write stories or dialogues; use an instruct "
+                          "model, or --import stories written elsewhere with --n-neutral 0")
+
+
 def clean_stale_temps(run_dir: str | Path) -> int:
     """Delete temporary files left by a writer that was killed mid-write (never read; safe to drop)."""
     removed = 0
@@ -295,6 +303,7 @@ def run(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None, pr
     run_dir = Path(run_dir)
     cfg = open_run(run_dir, cfg, write=False)
     lm = lm or run_model(cfg)
+    check_model_for_run(lm, cfg)
     cfg = open_run(run_dir, cfg)
     clean_stale_temps(run_dir)
     if (run_dir / VECTORS_FILE).exists():

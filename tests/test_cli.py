@@ -65,3 +65,39 @@ def test_run_refuses_missing_model_and_empty_corpus(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     _assert_clean_error(_run("stories", str(tmp_path / "r2"), "--import", str(empty), "--n-neutral", "0"), "no stories")
+
+
+@pytest.fixture(scope="module")
+def plain_model_dir(tmp_path_factory):
+    """A tiny real Llama saved as a local directory, with a tokenizer that has no chat template."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["the cat sat on the mat", "a calm day"], trainers.WordLevelTrainer(
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                                bos_token="<s>", eos_token="</s>")
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=len(fast), pad_token_id=0)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("plain-model")
+    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
+    fast.save_pretrained(d)
+    return d
+
+
+def test_model_without_chat_template_is_refused_before_writing(plain_model_dir, tmp_path):
+    run_dir = tmp_path / "r"
+    res = _run("run", str(run_dir), "--model", str(plain_model_dir), "--emotions", "calm,sad", "--per-emotion", "1")
+    _assert_clean_error(res, "has no chat template", "--import")
+    assert not run_dir.exists()  # nothing half-written left behind
+
+
+def test_run_dir_from_another_model_is_refused(small_run, plain_model_dir):
+    res = _run("run", str(small_run), "--model", str(plain_model_dir))
+    _assert_clean_error(res, "was started with model")
+    res = _run("score", "hello", "-v", str(small_run), "--model", str(plain_model_dir))
+    _assert_clean_error(res, "width 576", str(plain_model_dir))
