@@ -132,6 +132,12 @@ def summarize(name: str, r: dict[str, Any]) -> str:
                 f"(chance {r['chance_top1']:.0%}), top-5 {r['top5']:.0%} (chance {r['chance_top5']:.0%})")
     if name == "compare":
         return f"compare ({r['n_prompts']} prompts, layer {r['layer']}): risers {', '.join(r['risers'])}; fallers {', '.join(r['fallers'])}"
+    if name == "speakers":
+        st = r.get("stories") or {}
+        story = (f"; story vectors vs present {_fmt(st['present']['mean'])}, vs other {_fmt(st['other']['mean'])} "
+                 f"(closer to present for {st['n_closer_to_present']} of {st['n_emotions']})") if st else ""
+        return (f"speaker probes ({r['n_dialogues']} dialogues, {r['n_turns']} turns, {len(r['emotions'])} emotions, layer {r['layer']}): "
+                f"present vs other cosine mean {_fmt(r['present_other']['mean'])} (paper: nearly orthogonal){story}")
     return name
 
 
@@ -408,6 +414,18 @@ def _compare_html(c: dict[str, Any]) -> str:
             + _table(["emotion", "mean b - a", "t", "p", "prompts rising"], rows))
 
 
+def _speakers_html(s: dict[str, Any]) -> str:
+    rows = [[r["emotion"], s["turns_per_emotion"]["present"][r["emotion"]], s["turns_per_emotion"]["other"][r["emotion"]],
+             _fmt(r["present_other"]), _fmt(r.get("story_present")), _fmt(r.get("story_other"))] for r in s["per_emotion"]]
+    st, po = s.get("stories"), s["present_other"]
+    rows.append(["mean", "", "", _fmt(po["mean"]), _fmt(st["present"]["mean"]) if st else "n/a", _fmt(st["other"]["mean"]) if st else "n/a"])
+    return (f"<p>{s['n_dialogues']} model-written dialogues ({s['n_turns']} turns), layer {s['layer']}. Each turn is pooled over its "
+            f"own tokens and labelled with its speaker's emotion (present) and with the other speaker's (other). Present vs other "
+            f"cosine: mean {_fmt(po['mean'])}, range {_fmt(po['min'])} .. {_fmt(po['max'])} (mismatched emotions: "
+            f"{_fmt(s['present_other_mismatched_mean'])}). Paper: nearly orthogonal, story vectors close to the present-speaker ones.</p>"
+            + _table(["emotion", "turns (present)", "turns (other)", "cos present/other", "cos story/present", "cos story/other"], rows))
+
+
 def write_report(run_dir: str | Path, lm: LanguageModel | None = None, compute: bool = True) -> Path:
     """Write `RUN_DIR/report.html`; with `compute`, first run the analyses whose results are missing."""
     run_dir = Path(run_dir)
@@ -426,6 +444,8 @@ def write_report(run_dir: str | Path, lm: LanguageModel | None = None, compute: 
              _section("Implicit scenarios", res.get("implicit"), _implicit_html)]
     if compare.exists():
         parts.append(_section("Model comparison", read_json(compare), _compare_html))
+    if (speakers := analyses_dir(run_dir) / "speakers.json").exists():
+        parts.append(_section("Speaker probes", read_json(speakers), _speakers_html))
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>emovec report: {_e(run_dir.name)}</title>"
            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
     path = run_dir / "report.html"

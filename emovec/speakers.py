@@ -28,6 +28,7 @@ from .vectors import EmotionVectors
 
 SPEAKERS_FILE = "speakers.jsonl"
 SPEAKERS = ("Human", "Assistant")
+DEFAULT_EMOTIONS = ("happy", "sad", "afraid", "angry", "calm", "desperate")
 MIN_DIALOGUE_WORDS = 20
 
 _TURN = re.compile(r"^[ \t]*(?:\*\*)?(Human|Assistant)(?:\*\*)?[ \t]*:(?:\*\*)?[ \t]*", re.MULTILINE | re.IGNORECASE)

@@ -10,8 +10,9 @@ import pytest
 
 from emovec import HFBackend, Sampling, speaker_dialogues, speaker_probes
 from emovec.corpus import names_emotion
+from emovec.report import analyses_dir, summarize, write_report
 from emovec.speakers import SPEAKERS_FILE, judge_dialogue, parse_turns, turn_positions
-from emovec.storage import read_jsonl
+from emovec.storage import read_jsonl, write_json
 
 DATA = Path(__file__).parent / "data"
 EMOTIONS = ["happy", "sad", "afraid", "angry", "calm", "desperate"]
@@ -44,8 +45,13 @@ def test_hand_written_dialogues_never_name_either_emotion(dialogues):
         assert not any(names_emotion(d["text"], e) for e in EMOTIONS)
 
 
-def test_speaker_probes_on_hand_written_dialogues(lm, small_vectors, dialogues):
-    res = speaker_probes(lm, dialogues, layer=20, emotions=EMOTIONS, stories_vectors=small_vectors)
+@pytest.fixture(scope="module")
+def probes(lm, small_vectors, dialogues) -> dict:
+    return speaker_probes(lm, dialogues, layer=20, emotions=EMOTIONS, stories_vectors=small_vectors)
+
+
+def test_speaker_probes_on_hand_written_dialogues(probes):
+    res = probes
     assert res["emotions"] == EMOTIONS and res["layer"] == 20
     assert res["n_dialogues"] == 12 and res["n_turns"] == 48
     assert res["turns_per_emotion"]["present"] == {e: 8 for e in EMOTIONS}
@@ -73,3 +79,12 @@ def test_speaker_dialogues_are_resumable(lm, tmp_path):
     again = speaker_dialogues(lm, backend, tmp_path, ["happy", "sad"], per_pair=1, sampling=sampling, progress=False)
     assert again == rows and (tmp_path / SPEAKERS_FILE).read_text() == before
     assert len(read_jsonl(tmp_path / SPEAKERS_FILE)) == 2
+
+
+def test_report_renders_speaker_probes_when_present(probes, run_copy):
+    assert "Speaker probes" not in write_report(run_copy, compute=False).read_text(encoding="utf-8")
+    write_json(analyses_dir(run_copy) / "speakers.json", probes)
+    text = write_report(run_copy, compute=False).read_text(encoding="utf-8")
+    assert "<h2>Speaker probes" in text and "cos story/present" in text and "could not render" not in text
+    line = summarize("speakers", probes)
+    assert "12 dialogues" in line and "48 turns" in line
