@@ -73,6 +73,26 @@ def tokenize(lm: LanguageModel, texts: Sequence[str], max_tokens: int) -> dict[s
     return {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
+@torch.inference_mode()
+def residuals(lm: LanguageModel, enc: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+    """Residual stream after `layer` for an encoded batch [batch, seq, d_model] (float32, CPU).
+
+    The forward pass stops at that layer, so no later layer or logits are computed.
+    """
+    grabbed: dict[str, torch.Tensor] = {}
+
+    def grab(_idx: int, _m: nn.Module, _i: tuple, out: object) -> None:
+        grabbed["h"] = hidden_of(out).detach().float().cpu()
+        raise _StopForward
+
+    with layer_hooks(lm, [lm.check_layer(layer)], grab):
+        try:
+            lm.model.base_model(**enc, use_cache=False)
+        except _StopForward:
+            pass
+    return grabbed["h"]
+
+
 @dataclass
 class PooledBatch:
     """Pooled activations of one batch: `pooled[layer]` is [batch, d_model]; token-norm sums for steering units."""

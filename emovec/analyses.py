@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from scipy.stats import binomtest
 
-from .activations import CorpusActivations, hidden_of, layer_hooks
+from .activations import CorpusActivations, residuals
 from .models import LanguageModel
 from .readout import project
 from .steering import SteeringVector
@@ -122,10 +122,6 @@ def recognition_at(result: dict[str, Any], layer: int) -> dict[str, Any]:
 
 # --- shared readers -------------------------------------------------------------------------------
 
-class _Stop(Exception):
-    pass
-
-
 @torch.inference_mode()
 def reply_states(lm: LanguageModel, prompts: Sequence[str], layer: int, chat: bool = True,
                  steering: SteeringVector | None = None, batch_size: int = 16) -> torch.Tensor:
@@ -145,23 +141,12 @@ def reply_states(lm: LanguageModel, prompts: Sequence[str], layer: int, chat: bo
     for i in range(0, len(texts), batch_size):
         enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
         enc = {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        last = enc["attention_mask"].sum(1) - 1
-        grabbed: dict[str, torch.Tensor] = {}
-
-        def grab(_idx: int, _m: object, _i: tuple, o: object) -> None:
-            h = hidden_of(o)
-            grabbed["h"] = h[torch.arange(h.shape[0]), last.to(h.device)].float().cpu()
-            raise _Stop
-
+        last = (enc["attention_mask"].sum(1) - 1).cpu()
         with ExitStack() as stack:
             if steering is not None:
                 stack.enter_context(steering.apply(lm))
-            stack.enter_context(layer_hooks(lm, [layer], grab))
-            try:
-                lm.model.base_model(**enc, use_cache=False)
-            except _Stop:
-                pass
-        out.append(grabbed["h"])
+            h = residuals(lm, enc, layer)
+        out.append(h[torch.arange(h.shape[0]), last])
     return torch.cat(out)
 
 

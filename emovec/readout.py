@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from .activations import DEFAULT_START, hidden_of, layer_hooks, pool_texts, tokenize
+from .activations import DEFAULT_START, pool_texts, residuals, tokenize
 from .models import LanguageModel
 from .storage import EmovecError
 from .vectors import EmotionVectors
@@ -42,15 +42,8 @@ def token_activations(lm: LanguageModel, text: str, layer: int) -> tuple[list[st
     if not text:
         raise EmovecError("cannot score an empty text")
     enc = tokenize(lm, [text], max_tokens=100_000)
-    grabbed: dict[int, torch.Tensor] = {}
-
-    def grab(idx: int, _m: object, _i: tuple, out: object) -> None:
-        grabbed[idx] = hidden_of(out)[0].detach().float().cpu()
-
-    with layer_hooks(lm, [layer], grab):
-        lm.model.base_model(**enc, use_cache=False)
     ids = enc["input_ids"][0].tolist()
-    return [lm.tokenizer.decode([i]) for i in ids], grabbed[layer]
+    return [lm.tokenizer.decode([i]) for i in ids], residuals(lm, enc, layer)[0]
 
 
 def score_text(lm: LanguageModel, vectors: EmotionVectors, text: str, layer: int | None = None,

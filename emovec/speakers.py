@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .activations import hidden_of, layer_hooks
+from .activations import residuals
 from .corpus import _chunked_run, names_emotion, prompts, topics
 from .generation import GenerationBackend, Sampling
 from .models import LanguageModel
@@ -129,10 +129,6 @@ def speaker_dialogues(lm: LanguageModel, backend: GenerationBackend, run_dir: st
     return read_jsonl(path)
 
 
-class _Stop(Exception):
-    pass
-
-
 @torch.inference_mode()
 def turn_activations(lm: LanguageModel, texts: Sequence[str], layer: int, batch_size: int = 8,
                      max_tokens: int = 512) -> list[list[tuple[str, torch.Tensor]]]:
@@ -147,18 +143,7 @@ def turn_activations(lm: LanguageModel, texts: Sequence[str], layer: int, batch_
                   return_offsets_mapping=True)
         offsets = enc.pop("offset_mapping").tolist()
         inputs = {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        grabbed: dict[str, torch.Tensor] = {}
-
-        def grab(_idx: int, _m: object, _i: tuple, o: object) -> None:
-            grabbed["h"] = hidden_of(o).float().cpu()
-            raise _Stop
-
-        with layer_hooks(lm, [layer], grab):
-            try:
-                lm.model.base_model(**inputs, use_cache=False)
-            except _Stop:
-                pass
-        h = grabbed["h"]
+        h = residuals(lm, inputs, layer)
         for row, text in enumerate(batch):
             turns = parse_turns(text)
             n_tok = int(enc["attention_mask"][row].sum())
