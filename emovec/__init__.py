@@ -7,16 +7,7 @@ concepts -> corpus -> activations -> vectors -> readout / steering -> analyses -
 __version__ = "0.1.0"
 
 from .activations import CorpusActivations, extract_corpus, load_corpus_activations, pool_mask, pool_texts
-from .analyses import (
-    compare_models,
-    geometry,
-    heldout_recognition,
-    implicit_prompts,
-    layer_sweep,
-    load_norms,
-    logit_lens,
-    severity,
-)
+from .analyses import geometry, heldout_recognition, layer_sweep, load_norms, logit_lens
 from .concepts import load_concepts, resolve_emotions
 from .corpus import (
     generate_neutral,
@@ -31,6 +22,7 @@ from .models import DEFAULT_MODEL, LanguageModel, find_layers, load_model
 from .pipeline import PRESETS, RunConfig, make_config, run
 from .speakers import speaker_dialogues, speaker_probes
 from .readout import project, score_text, score_texts, top_emotions
+from .scenarios import compare_models, implicit_prompts, severity
 from .report import run_analyses, write_report
 from .steering import SteeringVector, parse_spec, steer, steering_vector
 from .storage import EmovecError

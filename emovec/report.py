@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import analyses as an
+from . import scenarios as sc
 from .corpus import NEUTRAL_FILE, STORIES_FILE, corpus_report
 from .models import LanguageModel
 from .steering import SteeringVector, steering_vector
@@ -48,8 +49,8 @@ def _compute(name: str, run_dir: Path, vecs: EmotionVectors, lm: LanguageModel |
         layers = sorted({vecs.default_layer, max(vecs.layers)})
         return {"layers": {str(l): an.logit_lens(lm, vecs, layer=l) for l in layers}}
     if name == "severity":
-        return an.severity(lm, vecs)
-    return an.implicit_prompts(lm, vecs)
+        return sc.severity(lm, vecs)
+    return sc.implicit_prompts(lm, vecs)
 
 
 def run_analyses(run_dir: str | Path, lm: LanguageModel | None = None, only: list[str] | None = None,
@@ -104,8 +105,8 @@ def run_compare(run_dir: str | Path, lm_b: LanguageModel, steer_b: SteeringVecto
     vecs = _vectors(run_dir)
     if steer_b is not None and not isinstance(steer_b, SteeringVector):
         steer_b = steering_vector(vecs, steer_b) if steer_b else None
-    prompts = [r["text"] for r in an.implicit_rows()]
-    result = an.compare_models(lm, lm_b, vecs, prompts, layer=layer, steer_b=steer_b, chat=chat)
+    prompts = [r["text"] for r in sc.implicit_rows()]
+    result = sc.compare_models(lm, lm_b, vecs, prompts, layer=layer, steer_b=steer_b, chat=chat)
     write_json(analyses_dir(run_dir) / "compare.json", result)
     return result
 

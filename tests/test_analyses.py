@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from emovec import EmotionVectors, compare_models, geometry, implicit_prompts, layer_sweep, logit_lens, score_text, severity
-from emovec.analyses import implicit_rows, load_norms, reply_states, severity_templates
+from emovec.analyses import load_norms
+from emovec.scenarios import implicit_rows, reply_states, severity_templates
 from emovec.corpus import names_emotion
 from emovec.pipeline import QUICK_EMOTIONS
 from emovec.readout import project

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from emovec import compare_models, severity, steering_vector
-from emovec.analyses import implicit_rows, severity_templates
+from emovec.scenarios import implicit_rows, severity_templates
 from emovec.cli import main
 from emovec.report import ANALYSES, analyses_dir, write_report
 from emovec.storage import write_json
