@@ -256,6 +256,8 @@ def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
         base = token_baseline(lm, vectors, [r["text"] for r in neutral_rows])
         vectors.meta["token_baseline"] = {str(base["layer"]): base}
     vectors.save(run_dir / VECTORS_FILE)
+    for stale in (run_dir / "analyses").glob("*.json"):  # results of the previous vectors would mislead the report
+        stale.unlink()
     return vectors
 
 

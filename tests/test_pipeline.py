@@ -133,3 +133,14 @@ def test_run_dir_guards(tmp_path):
         open_run(tmp_path / "nothing")
     with pytest.raises(EmovecError, match="unknown preset"):
         make_config("huge")
+
+
+def test_new_vectors_drop_stale_analyses(run_copy, lm):
+    """Re-extracting (e.g. after adding stories) must not leave the old vectors' analyses for the report."""
+    from emovec.pipeline import open_run, stage_extract
+
+    (run_copy / "analyses").mkdir(exist_ok=True)
+    (run_copy / "analyses" / "geometry.json").write_text("{}")
+    stage_extract(run_copy, open_run(run_copy), lm, progress=False)
+    assert not (run_copy / "analyses" / "geometry.json").exists()
+    assert (run_copy / "vectors.safetensors").exists()
