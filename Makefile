@@ -20,5 +20,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+bench: $(STAMP)
+	$(PY) bench/bench.py
+
 clean-venv:
 	rm -rf $(VENV)
