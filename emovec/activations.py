@@ -170,8 +170,10 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, st
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
-def _damaged(path: Path, exc: Exception) -> EmovecError:
-    why = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+def _damaged(path: Path, why: str | Exception) -> EmovecError:
+    """The one-line error for a shard that cannot be used, from a reason or the exception that showed it."""
+    if isinstance(why, Exception):
+        why = str(why).splitlines()[0][:80] if str(why) else type(why).__name__
     return EmovecError(f"{path}: damaged activation shard ({why}); delete it and re-run `emovec extract` to redo it")
 
 
@@ -280,7 +282,7 @@ def _shard_matches(path: Path, ids: list[str], spec: dict) -> bool:
 def _check_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[dict, list[str], list[str], list[str]]:
     """Validate one shard's metadata against its tensors; return (spec, groups, ids, labels)."""
     def bad(why: str) -> EmovecError:
-        return EmovecError(f"{path}: damaged activation shard ({why}); delete it and re-run `emovec extract` to redo it")
+        return _damaged(path, why)
 
     try:
         spec, groups, ids, labels = (json.loads(meta[k]) for k in ("spec", "groups", "ids", "labels"))

@@ -119,7 +119,8 @@ class FastBackend:
         tok, model = self.lm.tokenizer, self.model()
         dev = self.lm.device
         tok.padding_side = "left"
-        eos = torch.tensor(_eos_ids(self.lm))
+        eos_ids = _eos_ids(self.lm)
+        eos = torch.tensor(eos_ids)
         vocab = model.get_output_embeddings().weight.shape[0]
         lengths = [len(x) for x in tok(list(prompts), add_special_tokens=False)["input_ids"]]
         out: list[str] = [""] * len(prompts)
@@ -155,7 +156,7 @@ class FastBackend:
                 logits = model(input_ids=nxt[:, None].to(dev), attention_mask=attn, position_ids=pos, past_key_values=cache,
                                use_cache=True, cache_position=torch.tensor([t0 + step], device=dev)).logits[:, -1]
             for r, i in enumerate(idx):
-                toks = [t for t in new[r].tolist() if t >= 0 and t not in eos.tolist()]
+                toks = [t for t in new[r].tolist() if t >= 0 and t not in eos_ids]
                 out[i] = tok.decode(toks, skip_special_tokens=True).strip()
         return out
 

@@ -106,10 +106,11 @@ class Engine:
         """NDJSON lines: one per generated token, then a summary line."""
         steer = {k: v for k, v in req.get("steer", {}).items() if v}
         sv = steering_vector(self.vectors, steer) if steer else None
-        mon = self.monitor
-        mon.rules = parse_rules({k: v for k, v in req.get("alerts", {}).items() if v}, self.vectors.emotions)
+        rules = parse_rules({k: v for k, v in req.get("alerts", {}).items() if v}, self.vectors.emotions)
         sampling = Sampling(max_new_tokens=req["max_new_tokens"], temperature=req["temperature"])
-        with self.lock:
+        mon = self.monitor
+        with self.lock:  # the monitor is shared: set this request's rules only while it holds the model
+            mon.rules = rules
             n = 0
             for events in mon.stream(req["prompt"], sampling, seed=0, steer=sv):
                 for ev in events:
