@@ -350,23 +350,12 @@ def serve(vectors: str, host: str, port: int, layer: int | None, model: str | No
 @click.option("--emotions", default=None, help="comma-separated emotions (default: happy,sad,afraid,angry,calm,desperate where in the run)")
 def speakers(run_dir: str, per_pair: int, emotions: str | None) -> None:
     """Speaker probes: write emotional Human/Assistant dialogues (resumable) and compare present/other-speaker vectors."""
-    from .pipeline import VECTORS_FILE, make_backend, open_run, run_model
     from .report import analyses_dir, summarize
-    from .speakers import DEFAULT_EMOTIONS, speaker_dialogues, speaker_probes
-    from .storage import write_json
-    from .vectors import EmotionVectors
+    from .speakers import run_speaker_probes
 
-    cfg = open_run(run_dir)
-    vecs = EmotionVectors.load(Path(run_dir) / VECTORS_FILE)
-    names = vecs.resolve([e.strip() for e in emotions.split(",") if e.strip()]) if emotions else (
-        [e for e in DEFAULT_EMOTIONS if e in vecs.emotions] or vecs.emotions[:6])
-    lm = run_model(cfg)
-    vecs.check_model(lm)
-    rows = speaker_dialogues(lm, make_backend(cfg, lm), run_dir, names, per_pair, seed=cfg.seed)
+    result, rows = run_speaker_probes(run_dir, per_pair, emotions)
     kept = sum(bool(r.get("kept")) for r in rows)
     click.echo(f"dialogues: {kept} kept of {len(rows)} written in {Path(run_dir) / 'speakers.jsonl'}")
-    result = speaker_probes(lm, rows, vecs.default_layer, names, stories_vectors=vecs)
-    write_json(analyses_dir(run_dir) / "speakers.json", result)
     click.echo(summarize("speakers", result))
     click.echo(f"results: {analyses_dir(run_dir) / 'speakers.json'}")
 

@@ -225,3 +225,25 @@ def speaker_probes(lm: LanguageModel, rows: Sequence[dict], layer: int, emotions
                                  "present": _stats(sp), "other": _stats(so),
                                  "n_closer_to_present": sum(a > b for a, b in zip(sp, so))}
     return result
+
+
+def run_speaker_probes(run_dir: str | Path, per_pair: int = 2, emotions: str | Sequence[str] | None = None
+                       ) -> tuple[dict[str, Any], list[dict]]:
+    """Write dialogues for a run (resumable), probe them at the default layer, save `analyses/speakers.json`.
+
+    Emotions default to DEFAULT_EMOTIONS present in the run's vectors (else its first six).
+    Returns (result, dialogue rows).
+    """
+    from .pipeline import VECTORS_FILE, make_backend, open_run, run_model
+    from .storage import write_json
+
+    cfg = open_run(run_dir)
+    vecs = EmotionVectors.load(Path(run_dir) / VECTORS_FILE)
+    names = vecs.resolve(emotions) if emotions else ([e for e in DEFAULT_EMOTIONS if e in vecs.emotions] or vecs.emotions[:6])
+    lm = run_model(cfg)
+    vecs.check_model(lm)
+    rows = speaker_dialogues(lm, make_backend(cfg, lm), run_dir, names, per_pair, seed=cfg.seed)
+    result = speaker_probes(lm, rows, vecs.default_layer, names, stories_vectors=vecs)
+    write_json(Path(run_dir) / "analyses" / "speakers.json", result)
+    return result, rows
+
