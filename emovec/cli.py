@@ -360,5 +360,10 @@ def speakers(run_dir: str, per_pair: int, emotions: str | None) -> None:
     click.echo(f"results: {analyses_dir(run_dir) / 'speakers.json'}")
 
 
+@main.group()
+def experiment() -> None:
+    """Behavioural experiments under steering: preferences, blackmail, reward-hacking (resumable, in RUN_DIR/experiments/)."""
+
+
 if __name__ == "__main__":
     main()

@@ -427,6 +427,25 @@ def _speakers_html(s: dict[str, Any]) -> str:
             + _table(["emotion", "turns (present)", "turns (other)", "cos present/other", "cos story/present", "cos story/other"], rows))
 
 
+def _preferences_html(s: dict[str, Any]) -> str:
+    return f"<pre>{_e(s)}</pre>"
+
+
+def _blackmail_html(s: dict[str, Any]) -> str:
+    return f"<pre>{_e(s)}</pre>"
+
+
+def _hacking_html(s: dict[str, Any]) -> str:
+    return f"<pre>{_e(s)}</pre>"
+
+
+EXPERIMENT_SECTIONS = {
+    "preferences": ("Experiment: activity preferences", _preferences_html),
+    "blackmail": ("Experiment: blackmail scenario", _blackmail_html),
+    "reward-hacking": ("Experiment: impossible coding tasks (reward hacking)", _hacking_html),
+}
+
+
 def write_report(run_dir: str | Path, lm: LanguageModel | None = None, compute: bool = True) -> Path:
     """Write `RUN_DIR/report.html`; with `compute`, first run the analyses whose results are missing."""
     run_dir = Path(run_dir)
@@ -447,6 +466,9 @@ def write_report(run_dir: str | Path, lm: LanguageModel | None = None, compute: 
         parts.append(_section("Model comparison", read_json(compare), _compare_html))
     if (speakers := analyses_dir(run_dir) / "speakers.json").exists():
         parts.append(_section("Speaker probes", read_json(speakers), _speakers_html))
+    for name, (title, render) in EXPERIMENT_SECTIONS.items():
+        if (summary := run_dir / "experiments" / name / "summary.json").exists():
+            parts.append(_section(title, read_json(summary), render))
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>emovec report: {_e(run_dir.name)}</title>"
            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
     path = run_dir / "report.html"
