@@ -1,7 +1,8 @@
 """emovec: find, validate, monitor and steer emotion vectors in open-weight language models.
 
 Data flow, one module per stage:
-concepts -> corpus -> activations -> vectors -> readout / steering -> analyses -> report.
+concepts -> corpus -> activations -> vectors -> readout / steering -> analyses -> report,
+with behavioural experiments (preferences, blackmail, hacking) on top of steering and readout.
 """
 
 __version__ = "0.1.0"
@@ -17,7 +18,11 @@ from .corpus import (
     names_emotion,
     parse_stories,
 )
-from .generation import GenerationBackend, HFBackend, Sampling, generate_text
+from .experiments import Condition, SampleStore, reply_scores, sweep, wilson
+from .generation import FastBackend, GenerationBackend, HFBackend, Sampling, decode, generate_text
+from .blackmail import Grade, Grader, JudgeGrader, RuleGrader, load_scenario, run_blackmail
+from .hacking import check_solution, classify_hack, load_tasks, run_reward_hacking
+from .preferences import bradley_terry, fit_elo, load_activities, pair_preferences, run_preferences
 from .models import DEFAULT_MODEL, LanguageModel, find_layers, load_model
 from .pipeline import PRESETS, RunConfig, make_config, run
 from .speakers import speaker_dialogues, speaker_probes
@@ -37,4 +42,7 @@ __all__ = [
     "score_texts", "steer", "steering_vector", "top_emotions",
     "compare_models", "geometry", "implicit_prompts", "layer_sweep", "load_norms", "logit_lens", "run_analyses",
     "severity", "write_report", "speaker_dialogues", "speaker_probes",
+    "Condition", "FastBackend", "Grade", "Grader", "JudgeGrader", "RuleGrader", "SampleStore", "bradley_terry",
+    "check_solution", "classify_hack", "decode", "fit_elo", "load_activities", "load_scenario", "load_tasks",
+    "pair_preferences", "reply_scores", "run_blackmail", "run_preferences", "run_reward_hacking", "sweep", "wilson",
 ]

@@ -511,8 +511,7 @@ def interpret(summary: dict[str, Any]) -> str:
     guard = next((c for c in conds if c.get("guard") and c["n"]), None)
     if guard:
         parts.append(f"With the Monitor guard ({guard['guard']} on {guard.get('guard_alert')}): {fmt(guard)}; the guard "
-                     f"fired in {guard['guard_fired']['k']}/{guard['guard_fired']['n']} samples (its decoder has no "
-                     "repetition penalty, unlike the other conditions).")
+                     f"fired in {guard['guard_fired']['k']}/{guard['guard_fired']['n']} samples.")
     return " ".join(parts)
 
 

@@ -8,8 +8,9 @@ wrapper on a GPU) can be passed to the corpus code instead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -88,22 +89,132 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
     return idx.gather(-1, choice).squeeze(-1)
 
 
+def penalize(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Repetition penalty on the tokens in `history` [batch, t] (padding = -1), touching only those entries."""
+    if penalty == 1.0:
+        return logits
+    ids = torch.where(history >= 0, history, history.max(dim=1, keepdim=True).values)  # pads repeat a real token
+    seen = logits.gather(1, ids)
+    return logits.scatter(1, ids, torch.where(seen > 0, seen / penalty, seen * penalty))
+
+
+def _sliced_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """SDPA that, for one-token decoding steps, attends only to the filled part of a static KV cache.
+
+    `decode` passes `emovec_kv_len` (positions written so far); everything after it is
+    masked anyway, so slicing changes no result and saves reading the empty cache.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    n = kwargs.pop("emovec_kv_len", None)
+    if n is not None and query.shape[2] == 1 and n < key.shape[2]:
+        key, value = key[:, :, :n], value[:, :, :n]
+        if attention_mask is not None:
+            attention_mask = attention_mask[..., :n]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _can_slice(model: Any) -> bool:
+    """Slicing is exact for full-attention SDPA models (not sliding-window or softcapped ones)."""
+    cfg = model.config
+    full = all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"]))
+    return (getattr(cfg, "_attn_implementation", None) == "sdpa" and full and not getattr(cfg, "sliding_window", None)
+            and not getattr(cfg, "attn_logit_softcapping", None))
+
+
+@contextmanager
+def _fast_attention(model: Any) -> Iterator[bool]:
+    """Switch `model` to the sliced attention for the block (if it is exact for it); restored afterwards."""
+    if not _can_slice(model):
+        yield False
+        return
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register("emovec_sdpa", _sliced_attention)
+    AttentionMaskInterface.register("emovec_sdpa", sdpa_mask)
+    model.set_attn_implementation("emovec_sdpa")
+    try:
+        yield True
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
+@dataclass
+class DecodeStep:
+    """One decoding step: the token each row sampled, and which rows are still writing (`live`)."""
+
+    step: int
+    tokens: torch.Tensor
+    live: torch.Tensor
+
+
+def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generator: torch.Generator | None,
+           model: Any = None, feed_last: bool = False) -> Iterator[DecodeStep]:
+    """The one decode loop of emovec: static KV cache, last-position logits only, sliced attention.
+
+    Each step is yielded after its tokens were fed through the model, so layer hooks
+    (readout, steering) have seen them; rows that ended keep feeding an end token and
+    are marked not live. The final step is fed only with `feed_last` (a monitor needs
+    the last token's state; a corpus writer does not). `model` defaults to `lm.model`
+    (e.g. a bf16 copy for the writer).
+    """
+    from transformers import StaticCache
+
+    tok, model = lm.tokenizer, model if model is not None else lm.model
+    dev = lm.device
+    tok.padding_side = "left"
+    eos = torch.tensor(_eos_ids(lm))
+    enc = tok(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    n, t0 = ids.shape
+    total = t0 + sampling.max_new_tokens
+    attn = torch.cat([mask, mask.new_ones(n, sampling.max_new_tokens)], dim=1).to(dev)
+    history = torch.cat([torch.where(mask.bool(), ids, -1), ids.new_full((n, sampling.max_new_tokens), -1)], dim=1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0).to(dev)
+    finished = torch.zeros(n, dtype=torch.bool)
+    with torch.inference_mode(), _fast_attention(model) as sliced:
+        cache = StaticCache(config=model.config, max_cache_len=total)
+        logits = model(input_ids=ids.to(dev), attention_mask=attn[:, :t0], position_ids=pos, past_key_values=cache,
+                       use_cache=True, cache_position=torch.arange(t0, device=dev), logits_to_keep=1).logits[:, -1]
+        pos = pos[:, -1:]
+        for step in range(sampling.max_new_tokens):
+            nxt = sample_next(penalize(logits.float().cpu(), history[:, :t0 + step], sampling.repetition_penalty),
+                              sampling, generator)
+            nxt = torch.where(finished, eos[0], nxt)
+            live = ~finished & ~torch.isin(nxt, eos)
+            finished |= ~live
+            history[:, t0 + step] = torch.where(live, nxt, -1)
+            last = bool(finished.all()) or step == sampling.max_new_tokens - 1
+            if not last or (feed_last and bool(live.any())):
+                pos = pos + 1
+                extra = {"emovec_kv_len": t0 + step + 1} if sliced else {}
+                logits = model(input_ids=nxt[:, None].to(dev), attention_mask=attn[:, :t0 + step + 1], position_ids=pos,
+                               past_key_values=cache, use_cache=True, cache_position=torch.tensor([t0 + step], device=dev),
+                               **extra).logits[:, -1]
+            yield DecodeStep(step, nxt, live)
+            if last:
+                break
+
+
 @dataclass
 class FastBackend:
-    """A lean decode loop for CPU batches: a static KV cache (no per-step cache copies),
-    last-position logits only, cheap top-k/top-p sampling, and optionally a bf16 copy
-    of the model for generation (the corpus writer) while extraction stays in float32.
+    """emovec's generation path for CPU batches (see `decode`), optionally with a bf16 copy of the
+    model for the corpus writer while extraction and readout stay in the model's own dtype.
 
     With `dtype=None` it decodes with `lm.model` itself, so steering hooks apply.
     """
 
     lm: LanguageModel
-    batch_size: int = 48
+    batch_size: int = 96
     dtype: str | None = None
     progress: bool = False
     _model: Any = field(default=None, init=False, repr=False)
+    stats: dict[str, int] = field(default_factory=dict, init=False)
 
     def model(self) -> Any:
+        """The model that decodes: `lm.model`, or a copy in `dtype` made on first use."""
         if self._model is None:
             want = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(self.dtype or "")
             if want is None or want == self.lm.dtype:
@@ -112,52 +223,22 @@ class FastBackend:
                 self._model = copy.deepcopy(self.lm.model).to(want)
         return self._model
 
-    @torch.inference_mode()
     def generate(self, prompts: Sequence[str], sampling: Sampling, seed: int) -> list[str]:
-        from transformers import StaticCache
-
         tok, model = self.lm.tokenizer, self.model()
-        dev = self.lm.device
-        tok.padding_side = "left"
-        eos_ids = _eos_ids(self.lm)
-        eos = torch.tensor(eos_ids)
-        vocab = model.get_output_embeddings().weight.shape[0]
         lengths = [len(x) for x in tok(list(prompts), add_special_tokens=False)["input_ids"]]
         out: list[str] = [""] * len(prompts)
         batches = length_sorted_batches(lengths, self.batch_size)
+        self.stats = {"row_steps": 0, "live_row_steps": 0}
         for b, idx in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not self.progress)):
-            gen = torch.Generator().manual_seed(seed + b)
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            ids, attn = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-            n, t0 = ids.shape
-            seen = torch.zeros(n, vocab, dtype=torch.bool)
-            if sampling.repetition_penalty != 1.0:
-                seen.scatter_(1, ids.cpu(), True)
-            cache = StaticCache(config=model.config, max_cache_len=t0 + sampling.max_new_tokens)
-            pos = (attn.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True,
-                           cache_position=torch.arange(t0, device=dev), logits_to_keep=1).logits[:, -1]
-            new = torch.full((n, sampling.max_new_tokens), -1, dtype=torch.long)
-            finished = torch.zeros(n, dtype=torch.bool)
-            for step in range(sampling.max_new_tokens):
-                logits = logits.float().cpu()
-                if sampling.repetition_penalty != 1.0:
-                    pen = torch.where(logits > 0, logits / sampling.repetition_penalty, logits * sampling.repetition_penalty)
-                    logits = torch.where(seen, pen, logits)
-                nxt = sample_next(logits, sampling, gen)
-                nxt = torch.where(finished, eos[0], nxt)
-                new[:, step] = torch.where(finished, -1, nxt)
-                finished |= torch.isin(nxt, eos)
-                if bool(finished.all()) or step == sampling.max_new_tokens - 1:
-                    break
-                seen.scatter_(1, nxt[:, None], True)
-                attn = torch.cat([attn, attn.new_ones(n, 1)], dim=1)
-                pos = pos[:, -1:] + 1
-                logits = model(input_ids=nxt[:, None].to(dev), attention_mask=attn, position_ids=pos, past_key_values=cache,
-                               use_cache=True, cache_position=torch.tensor([t0 + step], device=dev)).logits[:, -1]
+            rows: list[list[int]] = [[] for _ in idx]
+            for st in decode(self.lm, [prompts[i] for i in idx], sampling, torch.Generator().manual_seed(seed + b), model):
+                live = torch.nonzero(st.live).flatten().tolist()
+                self.stats["row_steps"] += len(idx)
+                self.stats["live_row_steps"] += len(live)
+                for r in live:
+                    rows[r].append(int(st.tokens[r]))
             for r, i in enumerate(idx):
-                toks = [t for t in new[r].tolist() if t >= 0 and t not in eos_ids]
-                out[i] = tok.decode(toks, skip_special_tokens=True).strip()
+                out[i] = tok.decode(rows[r], skip_special_tokens=True).strip()
         return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .activations import hidden_of, layer_hooks
-from .generation import Sampling, _eos_ids, sample_next
+from .generation import Sampling, decode
 from .models import LanguageModel
 from .readout import project, score_text
 from .steering import SteeringVector, parse_spec, steering_vector
@@ -225,22 +225,18 @@ class Monitor:
             context += row["token"]
         return Trace(self._meta(source="text"), events)
 
-    @torch.inference_mode()
     def stream(self, prompts: str | Sequence[str], sampling: Sampling | None = None, seed: int = 0,
                chat: bool = True, steer: SteeringVector | None = None) -> Iterator[list[TokenEvent]]:
-        """Generate from one or more prompts, yielding each step's new tokens (one event per live row)."""
-        from transformers import DynamicCache
+        """Generate from one or more prompts, yielding each step's new tokens (one event per live row).
 
+        Runs on emovec's decode loop (`generation.decode`): each token is scored by a
+        hook on the monitored layer when it is fed back, inside the generation's own
+        forward pass, so reading costs one projection per step and no extra pass.
+        """
         lm, sampling = self.lm, sampling or Sampling()
         batch = [prompts] if isinstance(prompts, str) else list(prompts)
         texts = [lm.chat(p) if chat else p for p in batch]
-        tok = lm.tokenizer
-        tok.padding_side = "left"
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        ids, attn = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)
         n = len(batch)
-        eos = set(_eos_ids(lm))
-        gen = torch.Generator().manual_seed(seed)
         captured: dict[str, torch.Tensor] = {}
 
         def grab(_idx: int, _m: object, _i: tuple, out: object) -> None:
@@ -248,43 +244,25 @@ class Monitor:
 
         alerters = [_Alerter(self.rules, self.emotions) for _ in range(n)]
         contexts = [""] * n
-        alive = [True] * n
-        guarded = [False] * n
+        guard_rows = torch.zeros(n)
         with ExitStack() as stack:
             stack.enter_context(layer_hooks(lm, [self.layer], grab))
             if steer is not None:
                 stack.enter_context(steer.apply(lm))
-            guard_mask = torch.zeros(n, 1, dtype=lm.dtype, device=lm.device)
             if self.guard is not None:
-                stack.enter_context(_row_masked(self.guard, lm, guard_mask))
-            cache = DynamicCache(config=lm.model.config)
-            pos = (attn.cumsum(-1) - 1).clamp(min=0)
-            logits = lm.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                              use_cache=True, logits_to_keep=1).logits[:, -1]
-            for step in range(sampling.max_new_tokens):
-                nxt = sample_next(logits.float().cpu(), sampling, gen)
-                ending = [alive[r] and int(nxt[r]) in eos for r in range(n)]
-                for r in range(n):
-                    alive[r] = alive[r] and not ending[r]
-                if not any(alive):
+                stack.enter_context(self.guard.apply(lm, rows=guard_rows))
+            for st in decode(lm, texts, sampling, torch.Generator().manual_seed(seed), feed_last=True):
+                if not bool(st.live.any()):
                     break
-                # feeding the new token both scores it (hook on its own position) and yields the next logits
-                attn = torch.cat([attn, attn.new_ones(n, 1)], dim=1)
-                pos = pos[:, -1:] + 1
-                logits = lm.model(input_ids=nxt[:, None].to(lm.device), attention_mask=attn, position_ids=pos,
-                                  past_key_values=cache, use_cache=True).logits[:, -1]
                 scores = project(captured["h"], self.vectors, self.layer, self.emotions).numpy()
                 events = []
-                for r in range(n):
-                    if not alive[r]:
-                        continue
-                    piece = tok.decode([int(nxt[r])])
-                    label = self.guard.label if guarded[r] else ""
-                    ev = self._event(step, piece, scores[r], alerters[r], contexts[r], label, r)
+                for r in torch.nonzero(st.live).flatten().tolist():
+                    piece = lm.tokenizer.decode([int(st.tokens[r])])
+                    label = self.guard.label if guard_rows[r] else ""
+                    ev = self._event(st.step, piece, scores[r], alerters[r], contexts[r], label, r)
                     contexts[r] += piece
-                    if ev.alerts and self.guard is not None and not guarded[r]:
-                        guarded[r] = True
-                        guard_mask[r] = 1.0
+                    if ev.alerts and self.guard is not None:
+                        guard_rows[r] = 1.0
                     events.append(ev)
                 yield events
 
@@ -299,26 +277,3 @@ class Monitor:
         return [Trace(self._meta(source="generation", prompt=p, seed=seed,
                                  steer=steer.label if steer is not None else None), evs)
                 for p, evs in zip(batch, per_row)]
-
-
-class _row_masked:
-    """Context manager: apply a steering vector only to rows whose mask entry is 1 (the mask may change)."""
-
-    def __init__(self, sv: SteeringVector, lm: LanguageModel, mask: torch.Tensor):
-        self.sv, self.lm, self.mask = sv, lm, mask
-        self.stack = ExitStack()
-
-    def __enter__(self) -> _row_masked:
-        cast = {l % self.lm.n_layers: v.to(self.lm.device, self.lm.dtype) for l, v in self.sv.deltas.items()}
-
-        def add(idx: int, _m: object, _i: tuple, out: object) -> object:
-            from .activations import with_hidden
-
-            h = hidden_of(out)
-            return with_hidden(out, h + self.mask[:, :, None] * cast[idx])
-
-        self.stack.enter_context(layer_hooks(self.lm, sorted(cast), add))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stack.close()

@@ -60,7 +60,7 @@ class RunConfig:
     token_start: int = 50
     keep_layers: list[int] | None = None
     denoise_fraction: float = 0.5
-    gen_batch_size: int = 48
+    gen_batch_size: int = 96
     backend: str = "fast"
     gen_dtype: str | None = "bfloat16"
     extract_batch_size: int = 16

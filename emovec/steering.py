@@ -52,12 +52,15 @@ class SteeringVector:
         return any(bool(v.any()) for v in self.deltas.values())
 
     @contextmanager
-    def apply(self, lm: LanguageModel, mask: torch.Tensor | None = None) -> Iterator[SteeringVector]:
+    def apply(self, lm: LanguageModel, mask: torch.Tensor | None = None,
+              rows: torch.Tensor | None = None) -> Iterator[SteeringVector]:
         """Add the deltas while the block runs; hooks are removed in `finally` whatever happens.
 
         `mask` ([batch, seq], optional) limits steering to marked positions of a
         full-sequence forward pass; passes of another length (cached decoding
-        steps) are steered at every position.
+        steps) are steered at every position. `rows` ([batch], optional) scales each
+        row's steering and is read at every pass, so it may change during generation
+        (a guard that switches on per row).
         """
         for layer in self.deltas:
             lm.check_layer(layer)
@@ -68,6 +71,10 @@ class SteeringVector:
         def add(idx: int, _mod: object, _inp: tuple, out: object) -> object:
             h = hidden_of(out)
             delta = cast[idx]
+            if rows is not None:
+                if rows.shape[0] != h.shape[0]:
+                    raise EmovecError(f"steering rows has {rows.shape[0]} entries but the batch has {h.shape[0]} rows")
+                delta = rows.to(device=h.device, dtype=h.dtype)[:, None, None] * delta
             if m is not None and m.shape[:2] == h.shape[:2]:
                 return with_hidden(out, h + m * delta)
             return with_hidden(out, h + delta)
