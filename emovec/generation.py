@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .activations import length_sorted_batches
 from .models import LanguageModel
+from .storage import EmovecError
 
 
 @dataclass
@@ -100,7 +101,7 @@ def penalize(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> tor
 
 def _sliced_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """SDPA that, for one-token decoding steps, attends only to the filled part of a static KV cache.
+    """SDPA that attends only to the filled part of a static KV cache (prefill and decoding steps).
 
     `decode` passes `emovec_kv_len` (positions written so far); everything after it is
     masked anyway, so slicing changes no result and saves reading the empty cache.
@@ -108,7 +109,7 @@ def _sliced_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     n = kwargs.pop("emovec_kv_len", None)
-    if n is not None and query.shape[2] == 1 and n < key.shape[2]:
+    if n is not None and n < key.shape[2]:
         key, value = key[:, :, :n], value[:, :, :n]
         if attention_mask is not None:
             attention_mask = attention_mask[..., :n]
@@ -150,34 +151,85 @@ class DecodeStep:
     live: torch.Tensor
 
 
+def _layout(lm: LanguageModel, texts: Sequence[str], share: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Token ids and mask of a batch laid out as [shared prefix][padding][own suffix], and the prefix length.
+
+    Rendered chat prompts share their template head (system prompt, instructions);
+    putting the padding after it lets `decode` compute that prefix once for the batch.
+    Without a shared prefix (or `share=False`) this is plain left padding.
+    """
+    rows = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    if any(not r for r in rows):
+        raise EmovecError("cannot generate from an empty prompt")
+    p = 0
+    if share and len(rows) > 1:
+        shortest = min(len(r) for r in rows) - 1  # every row keeps at least one token of its own
+        while p < shortest and all(r[p] == rows[0][p] for r in rows):
+            p += 1
+        p = p if p >= 8 else 0
+    width = max(len(r) for r in rows) - p
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([r[:p] + [pad] * (width - len(r) + p) + r[p:] for r in rows])
+    mask = torch.tensor([[1] * p + [0] * (width - len(r) + p) + [1] * (len(r) - p) for r in rows])
+    return ids, mask, p
+
+
+def _prefill_shared(model: Any, cache: Any, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, p: int,
+                    extra: dict[str, Any]) -> bool:
+    """Compute the shared prefix once (batch 1) and copy its keys/values into every row of `cache`.
+
+    Uses transformers' StaticLayer storage (`keys`, `values`, `cumulative_length`); on any
+    other cache layout it does nothing and returns False, and the caller prefills in full.
+    """
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
+
+    if not all(type(layer) is StaticLayer and hasattr(layer, "cumulative_length") for layer in cache.layers):
+        return False
+    small = StaticCache(config=model.config, max_cache_len=p)
+    model(input_ids=ids[:1, :p], attention_mask=mask[:1, :p], position_ids=pos[:1, :p], past_key_values=small,
+          use_cache=True, cache_position=torch.arange(p, device=ids.device), logits_to_keep=1, **extra)
+    n = ids.shape[0]
+    for big, one in zip(cache.layers, small.layers):
+        big.lazy_initialization(one.keys.expand(n, -1, -1, -1), one.values.expand(n, -1, -1, -1))
+        big.keys[:, :, :p] = one.keys
+        big.values[:, :, :p] = one.values
+        big.cumulative_length.fill_(p)
+    return True
+
+
 def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generator: torch.Generator | None,
-           model: Any = None, feed_last: bool = False) -> Iterator[DecodeStep]:
-    """The one decode loop of emovec: static KV cache, last-position logits only, sliced attention.
+           model: Any = None, feed_last: bool = False, share_prefix: bool = True) -> Iterator[DecodeStep]:
+    """The one decode loop of emovec: static KV cache, shared prompt prefix computed once,
+    attention over the filled cache only, last-position logits only.
 
     Each step is yielded after its tokens were fed through the model, so layer hooks
     (readout, steering) have seen them; rows that ended keep feeding an end token and
     are marked not live. The final step is fed only with `feed_last` (a monitor needs
     the last token's state; a corpus writer does not). `model` defaults to `lm.model`
-    (e.g. a bf16 copy for the writer).
+    (e.g. a bf16 copy for the writer). `share_prefix=False` when a hook needs every
+    row in every pass (the shared prefix runs as a batch of one).
     """
     from transformers import StaticCache
 
-    tok, model = lm.tokenizer, model if model is not None else lm.model
+    model = model if model is not None else lm.model
     dev = lm.device
-    tok.padding_side = "left"
     eos = torch.tensor(_eos_ids(lm))
-    enc = tok(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
-    ids, mask = enc["input_ids"], enc["attention_mask"]
+    ids, mask, p = _layout(lm, texts, share_prefix)
     n, t0 = ids.shape
     total = t0 + sampling.max_new_tokens
     attn = torch.cat([mask, mask.new_ones(n, sampling.max_new_tokens)], dim=1).to(dev)
     history = torch.cat([torch.where(mask.bool(), ids, -1), ids.new_full((n, sampling.max_new_tokens), -1)], dim=1)
     pos = (mask.cumsum(-1) - 1).clamp(min=0).to(dev)
+    ids = ids.to(dev)
     finished = torch.zeros(n, dtype=torch.bool)
     with torch.inference_mode(), _fast_attention(model) as sliced:
         cache = StaticCache(config=model.config, max_cache_len=total)
-        logits = model(input_ids=ids.to(dev), attention_mask=attn[:, :t0], position_ids=pos, past_key_values=cache,
-                       use_cache=True, cache_position=torch.arange(t0, device=dev), logits_to_keep=1).logits[:, -1]
+        kv = (lambda length: {"emovec_kv_len": length}) if sliced else (lambda length: {})
+        start = p if p and _prefill_shared(model, cache, ids, attn, pos, p, kv(p)) else 0
+        logits = model(input_ids=ids[:, start:], attention_mask=attn[:, :t0], position_ids=pos[:, start:],
+                       past_key_values=cache, use_cache=True, cache_position=torch.arange(start, t0, device=dev),
+                       logits_to_keep=1, **kv(t0)).logits[:, -1]
         pos = pos[:, -1:]
         for step in range(sampling.max_new_tokens):
             nxt = sample_next(penalize(logits.float().cpu(), history[:, :t0 + step], sampling.repetition_penalty),
@@ -189,10 +241,9 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
             last = bool(finished.all()) or step == sampling.max_new_tokens - 1
             if not last or (feed_last and bool(live.any())):
                 pos = pos + 1
-                extra = {"emovec_kv_len": t0 + step + 1} if sliced else {}
                 logits = model(input_ids=nxt[:, None].to(dev), attention_mask=attn[:, :t0 + step + 1], position_ids=pos,
                                past_key_values=cache, use_cache=True, cache_position=torch.tensor([t0 + step], device=dev),
-                               **extra).logits[:, -1]
+                               **kv(t0 + step + 1)).logits[:, -1]
             yield DecodeStep(step, nxt, live)
             if last:
                 break

@@ -202,8 +202,8 @@ class Monitor:
                row: int = 0) -> TokenEvent:
         z = (s - self.mean) / self.std
         alerts = alerter.step(pos, z, s, context + token)
-        return TokenEvent(pos, token, {e: round(float(v), 3) for e, v in zip(self.emotions, s)},
-                          {e: round(float(v), 3) for e, v in zip(self.emotions, z)}, alerts, steering, row)
+        return TokenEvent(pos, token, dict(zip(self.emotions, np.round(s, 3).tolist())),
+                          dict(zip(self.emotions, np.round(z, 3).tolist())), alerts, steering, row)
 
     def _meta(self, **extra: Any) -> dict[str, Any]:
         return {"model": self.lm.name, "layer": self.layer, "emotions": self.emotions,
@@ -251,7 +251,7 @@ class Monitor:
                 stack.enter_context(steer.apply(lm))
             if self.guard is not None:
                 stack.enter_context(self.guard.apply(lm, rows=guard_rows))
-            for st in decode(lm, texts, sampling, torch.Generator().manual_seed(seed), feed_last=True):
+            for st in decode(lm, texts, sampling, torch.Generator().manual_seed(seed), feed_last=True, share_prefix=False):
                 if not bool(st.live.any()):
                     break
                 scores = project(captured["h"], self.vectors, self.layer, self.emotions).numpy()
