@@ -49,7 +49,7 @@ def model_options(f: Callable) -> Callable:
 def run_options(f: Callable) -> Callable:
     opts = [
         click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default=None,
-                     help="corpus size preset (quick: 20 emotions x 16 stories; standard: 171 x 15; paper: 171 x 1200)"),
+                     help="corpus size preset (quick: 20 emotions x 32 stories; standard: 171 x 15; paper: 171 x 1200)"),
         click.option("--concepts", default=None, help="text file with one emotion per line (default: the 171 built in)"),
         click.option("--emotions", default=None, help="comma-separated subset of the concepts"),
         click.option("--per-emotion", type=click.IntRange(min=1), default=None, help="stories per emotion"),
