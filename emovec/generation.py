@@ -1,9 +1,12 @@
 """Text generation behind one small interface, so a faster engine can replace the default.
 
 A backend turns fully rendered prompts (chat template already applied) into
-completions. `HFBackend` uses transformers' `generate` with left padding and
-length-sorted batches; any object with the same `generate` method (e.g. a vLLM
-wrapper on a GPU) can be passed to the corpus code instead.
+completions. `FastBackend` (the default) runs `decode`, emovec's one decode loop,
+also used by the live monitor and the experiments: static KV cache, the batch's
+shared prompt prefix computed once, attention over the filled cache only.
+`HFBackend` uses transformers' `generate` (the reference the benchmark compares
+against); any object with the same `generate` method (e.g. a vLLM wrapper on a
+GPU) can be passed to the corpus code instead.
 """
 
 from __future__ import annotations
