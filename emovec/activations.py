@@ -121,8 +121,8 @@ def pool_batch(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], s
 
     def grab(idx: int, _m: nn.Module, _i: tuple, out: object) -> None:
         h = hidden_of(out).to(torch.float32)
-        pooled[idx] = ((h * weights[:, :, None]).sum(1) / counts).cpu()
-        norm_sum[idx] = float(h.norm(dim=-1)[sink_free].sum())
+        pooled[idx] = (torch.bmm(weights[:, None, :], h)[:, 0] / counts).cpu()  # no [batch, seq, d] temporary
+        norm_sum[idx] = float((torch.linalg.vector_norm(h, dim=-1) * sink_free).sum())
         if idx == last:
             raise _StopForward
 

@@ -63,6 +63,9 @@ def run_options(f: Callable) -> Callable:
                      help="neutral variance explained by the projected-out components"),
         click.option("--seed", type=int, default=None),
         click.option("--gen-batch-size", type=click.IntRange(min=1), default=None),
+        click.option("--gen-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default=None,
+                     help="dtype of the story writer's copy of the model (default auto: bfloat16 where this CPU runs "
+                          "it faster, else the model's own); extraction always uses --dtype"),
         click.option("--extract-batch-size", type=click.IntRange(min=1), default=None),
     ]
     for opt in reversed(opts):
@@ -416,15 +419,17 @@ def experiment_preferences(run_dir: str, emotions: str | None, steer: str | None
 @click.option("--guard", default=None, help="add a condition generated with the Monitor guard on, e.g. calm=0.1")
 @click.option("--guard-alert", default="desperate=2", show_default=True, help="alert rule that switches the guard on (EMOTION=Z)")
 @click.option("--scenario", default=None, help="scenario JSON (default: the built-in emovec/data/blackmail.json)")
+@click.option("--prefill", default="", help="text every reply starts with, e.g. '<email><to>' for models too small "
+              "to use the email format unaided (recorded in the results)")
 def experiment_blackmail(run_dir: str, n: int, emotions: str | None, strengths: str, layers: str | None, seed: int,
                          max_new_tokens: int, batch_size: int, temperature: float, guard: str | None, guard_alert: str,
-                         scenario: str | None) -> None:
+                         scenario: str | None, prefill: str) -> None:
     """Blackmail scenario: rate (Wilson 95%) over N samples, unsteered and under a steering sweep."""
     from .blackmail import run_blackmail
 
     s = run_blackmail(run_dir, n=n, emotions=emotions, strengths=strengths, layers=layers, seed=seed,
                       max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, guard=guard,
-                      guard_alert=guard_alert, scenario=scenario)
+                      guard_alert=guard_alert, scenario=scenario, prefill=prefill)
     for c in s["conditions"]:
         lo, hi = c["ci95"]
         read = "  ".join(f"{e}={m['mean']:+.3f}" for e, m in c["readout"].items() if m["mean"] is not None)

@@ -12,6 +12,7 @@ GPU) can be passed to the corpus code instead.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import length_sorted_batches
-from .models import LanguageModel
+from .models import LanguageModel, cache_kw
 from .storage import EmovecError
 
 
@@ -103,20 +104,31 @@ def penalize(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> tor
 
 
 def _sliced_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """SDPA that attends only to the filled part of a static KV cache (prefill and decoding steps).
+                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                      **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """SDPA over the filled part of a static KV cache, with grouped-query heads left unrepeated.
 
     `decode` passes `emovec_kv_len` (positions written so far); everything after it is
     masked anyway, so slicing changes no result and saves reading the empty cache.
+    `enable_gqa` spares the copy that repeats each key/value head for its query heads.
+    Only used for decoder-only full-attention models (see `_can_slice`).
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    n = kwargs.pop("emovec_kv_len", None)
+    n = kwargs.get("emovec_kv_len")
     if n is not None and n < key.shape[2]:
         key, value = key[:, :, :n], value[:, :, :n]
         if attention_mask is not None:
             attention_mask = attention_mask[..., :n]
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    q, kv = query.shape[2], key.shape[2]
+    causal = False
+    if attention_mask is None and q > 1:  # no padding: causal, aligned to the end of the filled cache
+        if q == kv:
+            causal = True
+        else:
+            attention_mask = torch.ones(q, kv, dtype=torch.bool, device=query.device).tril(kv - q)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=causal,
+        enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _can_slice(model: Any) -> bool:
@@ -190,7 +202,7 @@ def _prefill_shared(model: Any, cache: Any, ids: torch.Tensor, mask: torch.Tenso
     if not all(type(layer) is StaticLayer and hasattr(layer, "cumulative_length") for layer in cache.layers):
         return False
     small = StaticCache(config=model.config, max_cache_len=p)
-    model(input_ids=ids[:1, :p], attention_mask=mask[:1, :p], position_ids=pos[:1, :p], past_key_values=small,
+    model(input_ids=ids[:1, :p], attention_mask=mask[:1, :p], position_ids=pos[:1, :p], **cache_kw(model, small),
           use_cache=True, cache_position=torch.arange(p, device=ids.device), logits_to_keep=1, **extra)
     n = ids.shape[0]
     for big, one in zip(cache.layers, small.layers):
@@ -202,7 +214,8 @@ def _prefill_shared(model: Any, cache: Any, ids: torch.Tensor, mask: torch.Tenso
 
 
 def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generator: torch.Generator | None,
-           model: Any = None, feed_last: bool = False, share_prefix: bool = True) -> Iterator[DecodeStep]:
+           model: Any = None, feed_last: bool = False, share_prefix: bool = True,
+           prefill_tokens: int = 1024) -> Iterator[DecodeStep]:
     """The one decode loop of emovec: static KV cache, shared prompt prefix computed once,
     attention over the filled cache only, last-position logits only.
 
@@ -211,7 +224,9 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
     are marked not live. The final step is fed only with `feed_last` (a monitor needs
     the last token's state; a corpus writer does not). `model` defaults to `lm.model`
     (e.g. a bf16 copy for the writer). `share_prefix=False` when a hook needs every
-    row in every pass (the shared prefix runs as a batch of one).
+    row in every pass (the shared prefix runs as a batch of one). The prompts are fed in
+    chunks of about `prefill_tokens` tokens over all rows: one huge pass allocates
+    temporaries so large that the page faults of touching them cost more than the maths.
     """
     from transformers import StaticCache
 
@@ -228,11 +243,18 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
     finished = torch.zeros(n, dtype=torch.bool)
     with torch.inference_mode(), _fast_attention(model) as sliced:
         cache = StaticCache(config=model.config, max_cache_len=total)
+        with_cache = cache_kw(model, cache)
         kv = (lambda length: {"emovec_kv_len": length}) if sliced else (lambda length: {})
         start = p if p and _prefill_shared(model, cache, ids, attn, pos, p, kv(p)) else 0
-        logits = model(input_ids=ids[:, start:], attention_mask=attn[:, :t0], position_ids=pos[:, start:],
-                       past_key_values=cache, use_cache=True, cache_position=torch.arange(start, t0, device=dev),
-                       logits_to_keep=1, **kv(t0)).logits[:, -1]
+        width = max(1, prefill_tokens // n)
+        for a in range(start, t0, width):  # chunked prefill: small temporaries instead of page-faulting huge ones
+            b = min(a + width, t0)
+            args = dict(input_ids=ids[:, a:b], attention_mask=attn[:, :b], position_ids=pos[:, a:b], **with_cache,
+                        use_cache=True, cache_position=torch.arange(a, b, device=dev), **kv(b))
+            if b < t0:
+                model.base_model(**args)  # no logits before the last chunk
+            else:
+                logits = model(**args, logits_to_keep=1).logits[:, -1]
         pos = pos[:, -1:]
         for step in range(sampling.max_new_tokens):
             nxt = sample_next(penalize(logits.float().cpu(), history[:, :t0 + step], sampling.repetition_penalty),
@@ -245,11 +267,53 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
             if not last or (feed_last and bool(live.any())):
                 pos = pos + 1
                 logits = model(input_ids=nxt[:, None].to(dev), attention_mask=attn[:, :t0 + step + 1], position_ids=pos,
-                               past_key_values=cache, use_cache=True, cache_position=torch.tensor([t0 + step], device=dev),
+                               **with_cache, use_cache=True, cache_position=torch.tensor([t0 + step], device=dev),
                                **kv(t0 + step + 1)).logits[:, -1]
             yield DecodeStep(step, nxt, live)
             if last:
                 break
+
+
+_DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_PROBED: dict[tuple[str, int], bool] = {}
+
+
+def bf16_pays(lm: LanguageModel, rows: int = 96) -> bool:
+    """Whether a bf16 copy of `lm` would decode faster here: True off the CPU, and on a CPU
+    only if a decode-shaped matmul ([rows, d] @ [d, 4d]) runs at least 1.3x faster in bf16.
+
+    CPUs with native bf16 (AVX512-BF16, AMX) gain ~1.5-2x; on AVX2-only CPUs bf16 is
+    emulated and several times slower than fp32. Measured once per process and width.
+    """
+    if lm.device.type != "cpu":
+        return True
+    key = (lm.device.type, lm.d_model)
+    if key not in _PROBED:
+        best = {}
+        for dt in (torch.float32, torch.bfloat16):
+            a, b = torch.randn(rows, lm.d_model, dtype=dt), torch.randn(lm.d_model, 4 * lm.d_model, dtype=dt)
+            a @ b
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                for _ in range(10):
+                    a @ b
+                times.append(time.perf_counter() - t)
+            best[dt] = min(times)
+        _PROBED[key] = best[torch.float32] >= 1.3 * best[torch.bfloat16]
+    return _PROBED[key]
+
+
+def writer_dtype(lm: LanguageModel, dtype: str | None) -> torch.dtype:
+    """The dtype a corpus writer decodes in: `dtype` by name, the model's own for None,
+    and for "auto" bfloat16 where it pays (`bf16_pays`), else the model's own."""
+    if dtype is None:
+        return lm.dtype
+    if dtype == "auto":
+        return torch.bfloat16 if lm.dtype == torch.float32 and bf16_pays(lm) else lm.dtype
+    if dtype not in _DTYPE_NAMES:
+        raise EmovecError(f"unknown writer dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return _DTYPE_NAMES[dtype]
 
 
 @dataclass
@@ -257,11 +321,12 @@ class FastBackend:
     """emovec's generation path for CPU batches (see `decode`), optionally with a bf16 copy of the
     model for the corpus writer while extraction and readout stay in the model's own dtype.
 
-    With `dtype=None` it decodes with `lm.model` itself, so steering hooks apply.
+    `dtype`: None decodes with `lm.model` itself (so steering hooks apply); "auto" uses a
+    bf16 copy where that is faster on this hardware (`bf16_pays`); or a dtype name.
     """
 
     lm: LanguageModel
-    batch_size: int = 96
+    batch_size: int = 256
     dtype: str | None = None
     progress: bool = False
     _model: Any = field(default=None, init=False, repr=False)
@@ -270,11 +335,8 @@ class FastBackend:
     def model(self) -> Any:
         """The model that decodes: `lm.model`, or a copy in `dtype` made on first use."""
         if self._model is None:
-            want = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(self.dtype or "")
-            if want is None or want == self.lm.dtype:
-                self._model = self.lm.model
-            else:
-                self._model = copy.deepcopy(self.lm.model).to(want)
+            want = writer_dtype(self.lm, self.dtype)
+            self._model = self.lm.model if want == self.lm.dtype else copy.deepcopy(self.lm.model).to(want)
         return self._model
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, seed: int) -> list[str]:

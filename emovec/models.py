@@ -56,6 +56,21 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
+def cache_kw(model: nn.Module, cache: Any) -> dict[str, Any]:
+    """The keyword that passes a KV cache to `model.forward`: `cache` in newer transformers 5.x
+    releases, `past_key_values` before (the old name warns and goes away in 5.40)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward pass returned, under either name."""
+    found = getattr(output, "cache", None)
+    return found if found is not None else output.past_key_values
+
+
 def get_path(obj: Any, path: str) -> Any:
     """Follow a dotted attribute path (`model.layers`); None if any step is missing."""
     for part in path.split("."):

@@ -60,9 +60,9 @@ class RunConfig:
     token_start: int = 50
     keep_layers: list[int] | None = None
     denoise_fraction: float = 0.5
-    gen_batch_size: int = 96
+    gen_batch_size: int = 256
     backend: str = "fast"
-    gen_dtype: str | None = "bfloat16"
+    gen_dtype: str | None = "auto"
     extract_batch_size: int = 16
     folds: int = 5
     device: str = "cpu"

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from .activations import residuals
 from .experiments import SampleStore, experiment_dir, rate
-from .models import LanguageModel
+from .models import LanguageModel, cache_kw, returned_cache
 from .readout import project
 from .steering import SteeringVector, parse_layers, steering_vector
 from .storage import EmovecError, write_json
@@ -233,11 +233,11 @@ def _choice_logits(lm: LanguageModel, batch: PairBatch, steering: SteeringVector
     cache = None
     if batch.prefix_ids:
         with steered(batch.prefix_mask[None]):
-            cache = base(input_ids=torch.tensor([batch.prefix_ids], device=dev), use_cache=True).past_key_values
+            cache = returned_cache(base(input_ids=torch.tensor([batch.prefix_ids], device=dev), use_cache=True))
         cache.batch_repeat_interleave(n)
     attn = torch.cat([torch.ones((n, len(batch.prefix_ids)), dtype=torch.long), batch.attention_mask], 1).to(dev)
     with steered(batch.steer_mask):
-        h = base(input_ids=batch.input_ids.to(dev), attention_mask=attn, past_key_values=cache,
+        h = base(input_ids=batch.input_ids.to(dev), attention_mask=attn, **cache_kw(base, cache),
                  use_cache=cache is not None).last_hidden_state
     last = batch.attention_mask.sum(1).to(dev) - 1
     logits = lm.model.get_output_embeddings()(h[torch.arange(n, device=dev), last])[:, answer_ids(lm)]

@@ -475,7 +475,8 @@ def _blackmail_html(s: dict[str, Any]) -> str:
     return (f"<p>{st['n_per_condition']} samples per condition cycling through {len(st['variants'])} scenario variants "
             f"(urgency x replacement goal), {st['model']}, temperature {st['temperature']}, {st['max_new_tokens']} new "
             f"tokens, seed {st['seed']} (per-chunk seeds), grader <code>{_e(st['grader'])}</code>; steering on prompt and "
-            f"reply. {_e(interpret(s))}</p>"
+            f"reply" + (f"; every reply prefilled with <code>{_e(st['prefill'])}</code>" if st.get("prefill") else "")
+            + f". {_e(interpret(s))}</p>"
             + _table(["condition", "k/n", "blackmail rate", "Wilson 95%", "sent email", "to executive", "names secret"]
                      + [f"{e} (mean)" for e in readout], rows)
             + (f"<p class='note'>Readout over the reply by grade: {_e(grades)}.</p>" if readout else "")

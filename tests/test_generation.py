@@ -50,3 +50,38 @@ def test_repetition_penalty_touches_only_seen_tokens():
     logits = torch.tensor([[2.0, -2.0, 3.0, 1.0]])
     out = penalize(logits, torch.tensor([[0, 1, -1, 1]]), 2.0)
     assert out.tolist() == [[1.0, -4.0, 3.0, 1.0]]
+
+
+def test_chunked_prefill_equals_one_pass(lm, prompts):
+    """Feeding the prompts a few tokens at a time writes the same cache as one pass: same greedy tokens."""
+    sampling = Sampling(max_new_tokens=12, temperature=0)
+    texts = [p + "Sure." for p in prompts]
+
+    def run(chunk: int) -> list[list[int]]:
+        steps = list(generation.decode(lm, texts, sampling, None, prefill_tokens=chunk))
+        return torch.stack([s.tokens for s in steps], 1).tolist()
+
+    assert run(4 * 3) == run(100_000)  # 3 positions per pass over 4 rows vs everything at once
+
+
+def test_sliced_attention_without_mask_is_causal_to_the_end_of_the_cache():
+    """With no padding mask, queries sit at the end of the filled cache (chunked prefill) and see only the past."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 6, 3, 8, generator=g), torch.randn(2, 2, 9, 8, generator=g), torch.randn(2, 2, 9, 8, generator=g))
+    mod = torch.nn.Module()
+    out, _ = generation._sliced_attention(mod, q, k, v, None, emovec_kv_len=7)
+    kk, vv = k[:, :, :7].repeat_interleave(3, 1), v[:, :, :7].repeat_interleave(3, 1)
+    causal = torch.ones(3, 7, dtype=torch.bool).tril(4)  # query i is position 4 + i
+    ref = torch.nn.functional.scaled_dot_product_attention(q, kk, vv, attn_mask=causal).transpose(1, 2)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert not torch.allclose(out[:, 0], torch.nn.functional.scaled_dot_product_attention(q, kk, vv).transpose(1, 2)[:, 0])
+
+
+def test_writer_dtype(lm):
+    assert generation.writer_dtype(lm, None) == lm.dtype
+    assert generation.writer_dtype(lm, "float32") == torch.float32
+    assert generation.writer_dtype(lm, "bfloat16") == torch.bfloat16
+    auto = generation.writer_dtype(lm, "auto")
+    assert auto == (torch.bfloat16 if generation.bf16_pays(lm) else lm.dtype)
+    with pytest.raises(EmovecError, match="unknown writer dtype"):
+        generation.writer_dtype(lm, "int4")
