@@ -73,12 +73,24 @@ def bare_forward(lm, texts: list[str], batch_size: int) -> tuple[float, float]:
     return real / (time.perf_counter() - t), 1 - real / padded
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MB: VmHWM on Linux (ru_maxrss there keeps the parent's peak from the fork)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
 def rss_child(n: int) -> float:
     """Peak RSS (MB) of a fresh process extracting `n` texts at all layers."""
-    code = ("import resource, sys; sys.path.insert(0, 'bench'); from bench import texts_for;"
+    code = ("import sys; sys.path.insert(0, 'bench'); from bench import texts_for, peak_rss_mb;"
             "from emovec import load_model; from emovec.activations import pool_texts;"
             f"lm = load_model(); pool_texts(lm, texts_for({n}), list(range(lm.n_layers)));"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "print(peak_rss_mb())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

@@ -323,11 +323,15 @@ def _chunk_seed(seed: int, label: str, chunk: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(f"{label}#{chunk}".encode())) % (2**31 - 1)
 
 
+_SETTING_DEFAULTS = {"prefill": ""}  # settings added later: what a results folder without them was made with
+
+
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     """Refuse to mix samples made under different generation settings into one result."""
     if path.exists():
         old = read_json(path)
-        diff = [k for k in settings if old.get(k) != settings[k]]
+        diff = [k for k in sorted(set(settings) | set(old))
+                if old.get(k, _SETTING_DEFAULTS.get(k)) != settings.get(k, _SETTING_DEFAULTS.get(k))]
         if diff:
             raise EmovecError(f"{path.parent} holds samples made with different {', '.join(diff)}; use the same "
                               "settings to resume, or delete that folder to start over")
@@ -630,9 +634,7 @@ def run_blackmail(run_dir: str | Path, n: int = 8, emotions: str | Sequence[str]
     layer_key = layers if layers is None or isinstance(layers, (int, str)) else list(layers)
     settings = {"model": lm.name, "scenario": scen.name, "scenario_hash": scen.fingerprint(), "seed": seed,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "batch_size": batch_size,
-                "layers": layer_key, "readout_layer": vectors.default_layer}
-    if prefill:
-        settings["prefill"] = prefill
+                "layers": layer_key, "readout_layer": vectors.default_layer, "prefill": prefill}
     _check_settings(out / "settings.json", settings)
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
     prompts = render_prompts(lm, scen)

@@ -150,6 +150,20 @@ def test_tiny_run_resumes(run_copy, lm, small_vectors):
         run_blackmail(run_copy, **{**kw, "max_new_tokens": 30})
 
 
+def test_prefill_starts_every_reply_and_is_part_of_the_settings(run_copy, lm, small_vectors):
+    """A prefilled reply is graded with its prefill, and samples made without it are never mixed in."""
+    kw = dict(n=2, emotions="desperate", strengths="0.1", max_new_tokens=16, batch_size=2, seed=1,
+              progress=False, lm=lm, vectors=small_vectors)
+    s = run_blackmail(run_copy, prefill="<email><to>", **kw)
+    out = run_copy / "experiments" / "blackmail"
+    rows = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["response"].startswith("<email><to>") for r in rows)
+    assert len({r["response"] for r in rows}) > 1  # the model wrote something after the prefill
+    assert s["settings"]["prefill"] == "<email><to>"
+    with pytest.raises(EmovecError, match="different prefill"):
+        run_blackmail(run_copy, **kw)
+
+
 def test_unknown_emotion_one_line_error(run_copy, lm, small_vectors):
     with pytest.raises(EmovecError) as err:
         run_blackmail(run_copy, n=1, emotions="hostile", lm=lm, vectors=small_vectors, progress=False)
