@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import length_sorted_batches
-from .models import LanguageModel, cache_kw
+from .models import DTYPES, LanguageModel, cache_kw
 from .storage import EmovecError
 
 
@@ -274,8 +274,7 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
                 break
 
 
-_DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_PROBED: dict[tuple[str, int], bool] = {}
+_PROBED: dict[int, bool] = {}
 
 
 def bf16_pays(lm: LanguageModel, rows: int = 96) -> bool:
@@ -287,7 +286,7 @@ def bf16_pays(lm: LanguageModel, rows: int = 96) -> bool:
     """
     if lm.device.type != "cpu":
         return True
-    key = (lm.device.type, lm.d_model)
+    key = lm.d_model
     if key not in _PROBED:
         def per_call(dt: torch.dtype, reps: int, rounds: int) -> float:
             a, b = torch.randn(rows, lm.d_model, dtype=dt), torch.randn(lm.d_model, 4 * lm.d_model, dtype=dt)
@@ -315,9 +314,9 @@ def writer_dtype(lm: LanguageModel, dtype: str | None) -> torch.dtype:
         return lm.dtype
     if dtype == "auto":
         return torch.bfloat16 if lm.dtype == torch.float32 and bf16_pays(lm) else lm.dtype
-    if dtype not in _DTYPE_NAMES:
+    if dtype not in DTYPES:
         raise EmovecError(f"unknown writer dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return _DTYPE_NAMES[dtype]
+    return DTYPES[dtype]
 
 
 @dataclass

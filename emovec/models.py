@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +53,21 @@ _FINGERPRINT_KEYS = (
     "model_type", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "vocab_size",
     "intermediate_size", "num_attention_heads", "n_head", "num_key_value_heads",
 )
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@lru_cache(maxsize=None)
+def _cache_keyword(cls: type) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def cache_kw(model: nn.Module, cache: Any) -> dict[str, Any]:
     """The keyword that passes a KV cache to `model.forward`: `cache` in newer transformers 5.x
-    releases, `past_key_values` before (the old name warns and goes away in 5.40)."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+    releases, `past_key_values` before (the old name warns and goes away in 5.40). Looked up once per class."""
+    return {_cache_keyword(type(model)): cache}
 
 
 def returned_cache(output: Any) -> Any:
@@ -167,9 +172,9 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         return dtype
     if dtype in (None, "auto"):
         return torch.float32 if device == "cpu" else torch.bfloat16
-    if dtype not in _DTYPES:
+    if dtype not in DTYPES:
         raise EmovecError(f"unknown dtype {dtype!r}: use one of float32, bfloat16, float16")
-    return _DTYPES[dtype]
+    return DTYPES[dtype]
 
 
 def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
