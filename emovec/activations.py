@@ -146,7 +146,7 @@ def pool_texts(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], s
     """Pooled activations of many texts: ([n_texts, n_layers, d_model], token-norm sums [n_layers], token count)."""
     if not texts:
         raise EmovecError("no texts to read activations from (empty corpus)")
-    layers = [lm.check_layer(l) for l in layers]
+    layers = [lm.check_layer(lay) for lay in layers]
     lengths = [len(ids) for ids in lm.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]]
     out = torch.zeros(len(texts), len(layers), lm.d_model)
     norm_sum = torch.zeros(len(layers), dtype=torch.float64)
@@ -154,8 +154,8 @@ def pool_texts(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], s
     batches = length_sorted_batches(lengths, batch_size)
     for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
         res = pool_batch(lm, [texts[i] for i in idx], layers, start, max_tokens)
-        out[idx] = torch.stack([res.pooled[l] for l in layers], dim=1)
-        norm_sum += torch.tensor([res.norm_sum[l] for l in layers], dtype=torch.float64)
+        out[idx] = torch.stack([res.pooled[lay] for lay in layers], dim=1)
+        norm_sum += torch.tensor([res.norm_sum[lay] for lay in layers], dtype=torch.float64)
         n_tokens += res.norm_count
     return out, norm_sum, n_tokens
 
@@ -236,8 +236,8 @@ def extract_corpus(lm: LanguageModel, rows: Sequence[dict], out_dir: str | Path,
     """
     if not rows:
         raise EmovecError(f"the {kind} corpus is empty: generate or import texts first (`emovec stories`)")
-    layers = list(range(lm.n_layers)) if layers is None else sorted({lm.check_layer(l) for l in layers})
-    keep = layers if keep_layers is None else sorted({lm.check_layer(l) for l in keep_layers})
+    layers = list(range(lm.n_layers)) if layers is None else sorted({lm.check_layer(lay) for lay in layers})
+    keep = layers if keep_layers is None else sorted({lm.check_layer(lay) for lay in keep_layers})
     if not set(keep) <= set(layers):
         raise EmovecError(f"keep layers {keep} must be among the extracted layers {layers}")
     out_dir = Path(out_dir)
@@ -258,7 +258,7 @@ def extract_corpus(lm: LanguageModel, rows: Sequence[dict], out_dir: str | Path,
         gidx = torch.tensor([groups.index(lab) for lab in labels])
         sums = torch.zeros(len(groups), len(layers), lm.d_model, dtype=torch.float64)
         sums.index_add_(0, gidx, pooled.to(torch.float64))
-        keep_idx = [layers.index(l) for l in keep]
+        keep_idx = [layers.index(lay) for lay in keep]
         write_shard(path, {
             "pooled": pooled[:, keep_idx], "sums": sums, "counts": torch.bincount(gidx, minlength=len(groups)),
             "norm_sum": norm_sum, "norm_count": torch.tensor(n_tok),
@@ -289,7 +289,7 @@ def _check_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, s
     except (KeyError, ValueError, RecursionError):
         raise bad("metadata missing or not JSON") from None
     if not (isinstance(spec, dict) and isinstance(spec.get("layers"), list) and isinstance(spec.get("keep_layers"), list)
-            and all(isinstance(l, int) and not isinstance(l, bool) for l in spec["layers"] + spec["keep_layers"])
+            and all(isinstance(lay, int) and not isinstance(lay, bool) for lay in spec["layers"] + spec["keep_layers"])
             and spec["layers"] and set(spec["keep_layers"]) <= set(spec["layers"])
             and isinstance(spec.get("start"), int) and not isinstance(spec["start"], bool) and spec["start"] >= 1):
         raise bad("settings (layers, keep_layers, start) missing or inconsistent")

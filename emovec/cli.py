@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -10,8 +11,23 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .storage import EmovecError
+from . import report as report_layer
+from ._version import __version__
+from .experiments.blackmail import run_blackmail
+from .experiments.hacking import run_reward_hacking
+from .experiments.preferences import run_preferences
+from .generation import Sampling, generate_text
+from .live.monitor import Monitor, parse_rules, render_terminal
+from .live.server import serve as run_server
+from .models import load_model
+from .pipeline import stage_extract, stage_recognition, stage_stories
+from .readout import score_text, top_emotions
+from .rundir import RUN_FILE, VECTORS_FILE, check_model_for_run, make_config, open_run, run_model
+from .steering import steering_vector
+from .storage import EmovecError, atomic_path, read_json
+from .validate.runner import analyses_dir, run_analyses, run_compare, summarize
+from .validate.speakers import run_speaker_probes
+from .vectors import EmotionVectors
 
 
 def _fail(msg: str) -> None:
@@ -75,9 +91,7 @@ def run_options(f: Callable) -> Callable:
 
 def _config(run_dir: str, preset: str | None, emotions: str | None, **kw: Any) -> Any:
     """The run's settings: a new run from preset + options, or a stored run with the options given on top."""
-    import dataclasses
 
-    from .pipeline import RUN_FILE, make_config, open_run
 
     given = {k: v for k, v in kw.items() if v is not None}
     if emotions:
@@ -125,10 +139,9 @@ def _print_summary(s: dict[str, Any]) -> None:
 @run_options
 def run(run_dir: str, model: str | None, device: str, dtype: str | None, **kw: Any) -> None:
     """Whole pipeline into RUN_DIR: stories, neutral corpus, activations, vectors, recognition (resumable)."""
-    from .pipeline import run as run_pipeline
 
     cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
-    summary = run_pipeline(run_dir, cfg)
+    summary = report_layer.run(run_dir, cfg)
     _print_summary(summary)
 
 
@@ -137,7 +150,6 @@ def run(run_dir: str, model: str | None, device: str, dtype: str | None, **kw: A
 @run_options
 def stories(run_dir: str, model: str | None, device: str, dtype: str | None, **kw: Any) -> None:
     """Generate (or --import) the story and neutral corpora into RUN_DIR (resumable)."""
-    from .pipeline import check_model_for_run, open_run, run_model, stage_stories
 
     cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
     lm = run_model(cfg)
@@ -151,9 +163,7 @@ def stories(run_dir: str, model: str | None, device: str, dtype: str | None, **k
 @click.option("--device", default=None, help="torch device (default: the run's)")
 def extract(run_dir: str, device: str | None) -> None:
     """Pool activations of RUN_DIR's corpora and write vectors.safetensors (resumable)."""
-    import dataclasses
 
-    from .pipeline import VECTORS_FILE, open_run, run_model, stage_extract, stage_recognition
 
     cfg = open_run(run_dir)
     if device:
@@ -168,9 +178,6 @@ def extract(run_dir: str, device: str | None) -> None:
 
 
 def _load(vectors: str, model: str | None, device: str, dtype: str | None) -> tuple[Any, Any]:
-    from .models import load_model
-    from .pipeline import VECTORS_FILE
-    from .vectors import EmotionVectors
 
     path = Path(vectors)
     if path.is_dir():
@@ -196,8 +203,6 @@ vectors_option = click.option("--vectors", "-v", required=True, help="vector fil
 def score(text: str, vectors: str, layer: int | None, emotions: str | None, top: int, method: str,
           csv_path: str | None, model: str | None, device: str, dtype: str | None) -> None:
     """Per-token emotion scores of TEXT (projection on unit vectors, centred; see README)."""
-    from .readout import score_text, top_emotions
-    from .storage import atomic_path
 
     vecs, lm = _load(vectors, model, device, dtype)
     df = score_text(lm, vecs, text, layer=layer, emotions=emotions, method=method)
@@ -222,8 +227,6 @@ def score(text: str, vectors: str, layer: int | None, emotions: str | None, top:
 def generate(prompt: str, vectors: str, steer: tuple[str, ...], layers: str | None, max_new_tokens: int,
              temperature: float, seed: int, raw: bool, model: str | None, device: str, dtype: str | None) -> None:
     """Generate a reply to PROMPT, optionally steered along emotion vectors."""
-    from .generation import Sampling, generate_text
-    from .steering import steering_vector
 
     vecs, lm = _load(vectors, model, device, dtype)
     sv = steering_vector(vecs, list(steer), layers)
@@ -239,9 +242,6 @@ def generate(prompt: str, vectors: str, steer: tuple[str, ...], layers: str | No
 @click.argument("path")
 def info(path: str) -> None:
     """Describe a vector file or a run directory."""
-    from .pipeline import RUN_FILE, VECTORS_FILE
-    from .storage import read_json
-    from .vectors import EmotionVectors
 
     p = Path(path)
     if p.is_dir():
@@ -264,7 +264,6 @@ def info(path: str) -> None:
 @click.option("--force", is_flag=True, help="recompute results that already exist")
 def analyze(run_dir: str, only: str | None, force: bool) -> None:
     """Run the validation analyses on RUN_DIR; results go to RUN_DIR/analyses/*.json."""
-    from .report import analyses_dir, run_analyses, summarize
 
     results = run_analyses(run_dir, only=[x.strip() for x in only.split(",") if x.strip()] if only else None, force=force)
     for name, result in results.items():
@@ -277,9 +276,8 @@ def analyze(run_dir: str, only: str | None, force: bool) -> None:
 @click.option("--no-compute", is_flag=True, help="render only the analyses already saved (no model needed)")
 def report(run_dir: str, no_compute: bool) -> None:
     """Write RUN_DIR/report.html (self-contained), computing missing analyses first."""
-    from .report import write_report
 
-    click.echo(f"report: {write_report(run_dir, compute=not no_compute)}")
+    click.echo(f"report: {report_layer.write_report(run_dir, compute=not no_compute)}")
 
 
 @main.command()
@@ -290,9 +288,6 @@ def report(run_dir: str, no_compute: bool) -> None:
 @click.option("--base", is_flag=True, help="read plain prompts without the chat template (for base models)")
 def compare(run_dir: str, model_b: str, steer_b: tuple[str, ...], layer: int | None, base: bool) -> None:
     """Which emotions rise and fall from the run's model to MODEL_B on the same prompts (analyses/compare.json)."""
-    from .models import load_model
-    from .pipeline import open_run, run_model
-    from .report import run_compare, summarize
 
     cfg = open_run(run_dir)
     lm = run_model(cfg)
@@ -316,8 +311,6 @@ def monitor(prompt: str, vectors: str, emotion: str, alert: tuple[str, ...], gua
             max_new_tokens: int, temperature: float, seed: int, trace_path: str | None, model: str | None,
             device: str, dtype: str | None) -> None:
     """Generate a reply to PROMPT, printing it coloured by an emotion's z-score, with alerts."""
-    from .generation import Sampling
-    from .monitor import Monitor, parse_rules, render_terminal
 
     vecs, lm = _load(vectors, model, device, dtype)
     emotion = vecs.resolve([emotion])[0]
@@ -339,7 +332,6 @@ def monitor(prompt: str, vectors: str, emotion: str, alert: tuple[str, ...], gua
 @model_options
 def serve(vectors: str, host: str, port: int, layer: int | None, model: str | None, device: str, dtype: str | None) -> None:
     """Serve the live monitor page: type a prompt, watch tokens coloured by emotion, steer with sliders."""
-    from .server import serve as run_server
 
     vecs, lm = _load(vectors, model, device, dtype)
     click.echo(f"emovec monitor on http://{host}:{port}/  (Ctrl-C to stop)", err=True)
@@ -353,8 +345,6 @@ def serve(vectors: str, host: str, port: int, layer: int | None, model: str | No
 @click.option("--emotions", default=None, help="comma-separated emotions (default: happy,sad,afraid,angry,calm,desperate where in the run)")
 def speakers(run_dir: str, per_pair: int, emotions: str | None) -> None:
     """Speaker probes: write emotional Human/Assistant dialogues (resumable) and compare present/other-speaker vectors."""
-    from .report import analyses_dir, summarize
-    from .speakers import run_speaker_probes
 
     result, rows = run_speaker_probes(run_dir, per_pair, emotions)
     kept = sum(bool(r.get("kept")) for r in rows)
@@ -385,7 +375,6 @@ def experiment_preferences(run_dir: str, emotions: str | None, steer: str | None
                            layers: str | None, steer_prompts: int, per_group: int | None, activities_file: str | None,
                            seed: int, batch_size: int) -> None:
     """Activity preferences: Elo from all ordered pairs, its correlation with emotion activations, and steering shifts."""
-    from .preferences import run_preferences
 
     s = run_preferences(run_dir, emotions=emotions, steer=steer, n_vectors=n_vectors, strength=strength, layers=layers,
                         steer_prompts=steer_prompts or None, per_group=per_group, activities_file=activities_file,
@@ -425,7 +414,6 @@ def experiment_blackmail(run_dir: str, n: int, emotions: str | None, strengths: 
                          max_new_tokens: int, batch_size: int, temperature: float, guard: str | None, guard_alert: str,
                          scenario: str | None, prefill: str) -> None:
     """Blackmail scenario: rate (Wilson 95%) over N samples, unsteered and under a steering sweep."""
-    from .blackmail import run_blackmail
 
     s = run_blackmail(run_dir, n=n, emotions=emotions, strengths=strengths, layers=layers, seed=seed,
                       max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, guard=guard,
@@ -454,7 +442,6 @@ def experiment_reward_hacking(run_dir: str, n: int, attempts: int, tasks: str | 
                               strengths: str, layers: str | None, seed: int, max_new_tokens: int, batch_size: int,
                               temperature: float) -> None:
     """Impossible coding tasks: hack rate (Wilson 95%) under a steering sweep, readout by attempt (sandboxed)."""
-    from .hacking import run_reward_hacking
 
     s = run_reward_hacking(run_dir, n=n, emotions=emotions, strengths=strengths, layers=layers, attempts=attempts,
                            tasks=tasks, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -16,14 +16,14 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .storage import EmovecError, user_cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -57,7 +57,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cache_keyword(cls: type) -> str:
     import inspect
 

@@ -10,7 +10,9 @@ instead, giving a value in [-1, 1].
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -88,3 +90,22 @@ def score_texts(lm: LanguageModel, vectors: EmotionVectors, texts: Sequence[str]
     df = pd.DataFrame(scores.numpy(), columns=names)
     df.insert(0, "text", list(texts))
     return df
+
+
+def token_baseline(lm: LanguageModel, vectors: EmotionVectors, texts: Sequence[str], layer: int | None = None,
+                   max_texts: int = 64) -> dict[str, Any]:
+    """Mean and std of per-token scores (all emotions, positions >= 1) over neutral `texts`."""
+    texts = [t for t in texts if t.strip()][:max_texts]
+    if not texts:
+        raise EmovecError("token baseline needs at least one neutral text")
+    layer = vectors.default_layer if layer is None else lm.check_layer(layer)
+    rows = [score_text(lm, vectors, t, layer=layer).drop(columns="token").to_numpy()[1:] for t in texts]
+    allrows = np.concatenate([r for r in rows if len(r)])
+    return {"layer": layer, "emotions": list(vectors.emotions), "mean": allrows.mean(0).tolist(),
+            "std": np.maximum(allrows.std(0), 1e-6).tolist(), "n_tokens": int(len(allrows)), "n_texts": len(texts)}
+
+
+def stored_baseline(vectors: EmotionVectors, layer: int) -> dict[str, Any] | None:
+    """The token baseline saved with the vectors for `layer`, if any."""
+    base = (vectors.meta.get("token_baseline") or {}).get(str(layer))
+    return base if isinstance(base, dict) and base.get("emotions") == list(vectors.emotions) else None

@@ -65,7 +65,7 @@ class SteeringVector:
         for layer in self.deltas:
             lm.check_layer(layer)
         dev, dt = lm.device, lm.dtype
-        cast = {l % lm.n_layers: v.to(device=dev, dtype=dt) for l, v in self.deltas.items()}
+        cast = {lay % lm.n_layers: v.to(device=dev, dtype=dt) for lay, v in self.deltas.items()}
         m = mask.to(device=dev, dtype=dt)[:, :, None] if mask is not None else None
 
         def add(idx: int, _mod: object, _inp: tuple, out: object) -> object:
@@ -112,7 +112,7 @@ def parse_spec(spec: str | dict[str, float] | list[str] | None) -> dict[str, flo
 def parse_layers(layers: str | int | list[int] | range | None, n_layers: int) -> list[int] | None:
     """Parse "20", "18-22" or "10,14,20" (negative counts from the end) into layer indices."""
     if layers is None or isinstance(layers, (list, range)):
-        return None if layers is None else [int(l) for l in layers]
+        return None if layers is None else [int(lay) for lay in layers]
     if isinstance(layers, int):
         return [layers]
     out: list[int] = []
@@ -126,10 +126,10 @@ def parse_layers(layers: str | int | list[int] | range | None, n_layers: int) ->
                 out.append(int(part))
         except ValueError:
             raise EmovecError(f"layers {layers!r}: use a number, a range like 18-22, or a list like 10,14,20") from None
-    for l in out:
-        if not -n_layers <= l < n_layers:
-            raise EmovecError(f"layer {l} is out of range: the model has layers 0..{n_layers - 1}")
-    return [l % n_layers for l in out]
+    for lay in out:
+        if not -n_layers <= lay < n_layers:
+            raise EmovecError(f"layer {lay} is out of range: the model has layers 0..{n_layers - 1}")
+    return [lay % n_layers for lay in out]
 
 
 def steering_vector(vectors: EmotionVectors, spec: str | dict[str, float] | list[str],

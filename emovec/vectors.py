@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .activations import CorpusActivations
 from .concepts import resolve_emotions
 from .models import LanguageModel
@@ -118,7 +118,7 @@ class EmotionVectors:
         if "default_layer" in self.meta and int(self.meta["default_layer"]) in self.layers:
             return int(self.meta["default_layer"])
         target = round(2 * int(self.meta.get("n_layers", max(self.layers) + 1)) / 3)
-        return min(self.layers, key=lambda l: abs(l - target))
+        return min(self.layers, key=lambda lay: abs(lay - target))
 
     def layer_index(self, layer: int | None) -> int:
         """Position of a model layer in the stored tensors, with a clear error if it is not stored."""
@@ -218,13 +218,13 @@ def _ranges(layers: list[int]) -> str:
     if not layers:
         return "none"
     parts, start, prev = [], layers[0], layers[0]
-    for l in list(layers[1:]) + [None]:  # type: ignore[list-item]
-        if l is not None and l == prev + 1:
-            prev = l
+    for lay in list(layers[1:]) + [None]:  # type: ignore[list-item]
+        if lay is not None and lay == prev + 1:
+            prev = lay
             continue
         parts.append(f"{start}" if start == prev else f"{start}-{prev}")
-        if l is not None:
-            start = prev = l
+        if lay is not None:
+            start = prev = lay
     return ",".join(parts)
 
 
@@ -263,7 +263,7 @@ def _read_vector_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     emotions, layers = meta.get("emotions"), meta.get("layers")
     if not (isinstance(emotions, list) and emotions and all(isinstance(e, str) for e in emotions)):
         raise bad("emotion list missing")
-    if not (isinstance(layers, list) and layers and all(_is_int(l) and l >= 0 for l in layers)):
+    if not (isinstance(layers, list) and layers and all(_is_int(lay) and lay >= 0 for lay in layers)):
         raise bad("layer list missing")
     if len(set(emotions)) != len(emotions) or len(set(layers)) != len(layers):
         raise bad("emotions or layers listed twice")

@@ -23,13 +23,14 @@ def lm():
 @pytest.fixture(scope="session")
 def small_run(lm, tmp_path_factory) -> Path:
     """A run directory with imported stories + neutral dialogues, extracted at every layer."""
-    from emovec.pipeline import make_config, open_run, stage_extract, stage_recognition, stage_stories
+    from emovec.pipeline import stage_extract, stage_recognition, stage_stories
+    from emovec.rundir import make_config, open_run
     from emovec.storage import append_jsonl
 
     run_dir = tmp_path_factory.mktemp("small_run")
     cfg = make_config(emotions=SMALL_EMOTIONS, import_stories=str(DATA / "stories_small.jsonl"), n_neutral=0, folds=4)
     open_run(run_dir, cfg)
-    neutral = [json.loads(l) for l in (DATA / "neutral_small.jsonl").read_text().splitlines() if l.strip()]
+    neutral = [json.loads(line) for line in (DATA / "neutral_small.jsonl").read_text().splitlines() if line.strip()]
     append_jsonl(run_dir / "neutral.jsonl", [{"id": f"n{i}", "job": f"n{i}", "text": r["text"], "kept": True}
                                                for i, r in enumerate(neutral)])
     stage_stories(run_dir, cfg, lm, progress=False)

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from emovec import EmotionVectors, compare_models, geometry, implicit_prompts, layer_sweep, logit_lens, score_text, severity
-from emovec.analyses import load_norms
-from emovec.scenarios import implicit_rows, reply_states, severity_templates
 from emovec.corpus import names_emotion
-from emovec.pipeline import QUICK_EMOTIONS
 from emovec.readout import project
+from emovec.rundir import QUICK_EMOTIONS
 from emovec.steering import steering_vector
 from emovec.storage import read_json
+from emovec.validate.analyses import load_norms
+from emovec.validate.scenarios import implicit_rows, reply_states, severity_templates
 
 
 def test_package_data_templates_and_scenarios():

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from emovec.blackmail import Grade, JudgeGrader, RuleGrader, load_scenario, parse_emails, render_prompts, run_blackmail
+from emovec.experiments.blackmail import Grade, JudgeGrader, RuleGrader, load_scenario, parse_emails, render_prompts, run_blackmail
 from emovec.storage import EmovecError, read_json
 
 EX = "martin.keller@halvorsen-freight.com"
@@ -127,7 +127,7 @@ def test_tiny_run_resumes(run_copy, lm, small_vectors):
     assert labels == ["unsteered", "desperate=+0.1", "guard:calm=0.1"]
     assert all(c["n"] == 2 and c["ci95"] is not None for c in s["conditions"])
     assert s["timing"]["generated_chunks"] == 3 and s["n_samples"] == 6
-    rows = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(r["response"] for r in rows)
     assert all(set(r["scores"]) == {"desperate", "calm"} for r in rows)
     assert read_json(out / "summary.json")["per_grade"]["not"]["desperate"]["n"] + \
@@ -143,7 +143,7 @@ def test_tiny_run_resumes(run_copy, lm, small_vectors):
     (out / "summary.json").unlink()
     resumed = run_blackmail(run_copy, **kw)
     assert resumed["timing"]["generated_chunks"] == 1
-    rows2 = {json.loads(l)["key"]: json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()}
+    rows2 = {json.loads(line)["key"]: json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()}
     assert {r["key"]: r["response"] for r in rows} == {k: r["response"] for k, r in rows2.items()}
 
     with pytest.raises(EmovecError, match="different max_new_tokens"):
@@ -156,7 +156,7 @@ def test_prefill_starts_every_reply_and_is_part_of_the_settings(run_copy, lm, sm
               progress=False, lm=lm, vectors=small_vectors)
     s = run_blackmail(run_copy, prefill="<email><to>", **kw)
     out = run_copy / "experiments" / "blackmail"
-    rows = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["response"].startswith("<email><to>") for r in rows)
     assert len({r["response"] for r in rows}) > 1  # the model wrote something after the prefill
     assert s["settings"]["prefill"] == "<email><to>"
@@ -175,8 +175,8 @@ def test_unknown_emotion_one_line_error(run_copy, lm, small_vectors):
 
 
 def test_prefix_readout_equals_reply_scores(lm, small_vectors, scenario):
-    from emovec.blackmail import PrefixReadout
-    from emovec.experiments import reply_scores
+    from emovec.experiments.blackmail import PrefixReadout
+    from emovec.experiments.common import reply_scores
 
     p = list(render_prompts(lm, scenario).values())
     prompts = [p[0], p[1], p[0]]

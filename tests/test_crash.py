@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from emovec.pipeline import make_config, open_run, run, stage_stories
+from emovec.pipeline import run, stage_stories
+from emovec.rundir import make_config, open_run
 from emovec.storage import read_jsonl
 from emovec.vectors import EmotionVectors
 
@@ -38,7 +39,8 @@ TOLERANCE = 1e-5
 
 _DRIVER = """
 import json, sys
-from emovec.pipeline import make_config, open_run, run, run_model, stage_stories
+from emovec.pipeline import run, stage_stories
+from emovec.rundir import make_config, open_run, run_model
 run_dir, stage, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 cfg = make_config(**settings)
 if stage == "stories":
@@ -55,7 +57,7 @@ STORY_SETTINGS = {"emotions": ["happy", "sad"], "per_emotion": 10, "n_neutral": 
 
 def _extract_settings(tmp_path: Path) -> dict:
     """Settings of the extraction runs, importing a few of the hand-written test stories."""
-    rows = [json.loads(l) for l in (DATA / "stories_small.jsonl").read_text().splitlines() if l.strip()]
+    rows = [json.loads(line) for line in (DATA / "stories_small.jsonl").read_text().splitlines() if line.strip()]
     picked = [r for e in EMOTIONS for r in [r for r in rows if r["emotion"] == e][:PER_EMOTION]]
     src = tmp_path / "stories.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in picked))
@@ -101,7 +103,7 @@ def _rows(path: Path) -> list[dict]:
 def _seed_neutral(run_dir: Path) -> None:
     from emovec.storage import append_jsonl
 
-    rows = [json.loads(l) for l in (DATA / "neutral_small.jsonl").read_text().splitlines() if l.strip()][:4]
+    rows = [json.loads(line) for line in (DATA / "neutral_small.jsonl").read_text().splitlines() if line.strip()][:4]
     append_jsonl(run_dir / "neutral.jsonl", [{"id": f"n{i}", "job": f"n{i}", "text": r["text"], "kept": True}
                                              for i, r in enumerate(rows)])
 

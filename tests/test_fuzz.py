@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from emovec.activations import load_corpus_activations, read_shard, write_shard
 from emovec.concepts import load_concepts
 from emovec.corpus import import_stories, load_corpus
-from emovec.pipeline import RUN_FILE, RunConfig, open_run
+from emovec.rundir import RUN_FILE, RunConfig, open_run
 from emovec.storage import EmovecError, read_json, read_jsonl
 from emovec.vectors import EmotionVectors
 
@@ -82,10 +82,10 @@ class Fuzz:
 def _tiny_vectors() -> EmotionVectors:
     g = torch.Generator().manual_seed(0)
     raw = torch.randn(len(LAYERS), len(EMOTIONS), D, generator=g)
-    comps = {l: torch.linalg.qr(torch.randn(D, 2, generator=g))[0].T.contiguous() for l in LAYERS}
+    comps = {lay: torch.linalg.qr(torch.randn(D, 2, generator=g))[0].T.contiguous() for lay in LAYERS}
     meta = {"format": "emovec.vectors/1", "model": "tiny", "model_fingerprint": "abc", "n_layers": 4, "d_model": D,
             "token_start": 50, "n_stories": {e: 3 for e in EMOTIONS}, "n_neutral": 4, "denoise_fraction": 0.5,
-            "denoise_k": {str(l): 2 for l in LAYERS}, "default_layer": 3}
+            "denoise_k": {str(lay): 2 for lay in LAYERS}, "default_layer": 3}
     return EmotionVectors(EMOTIONS, LAYERS, raw, raw * 0.5, torch.randn(len(LAYERS), D, generator=g),
                           torch.rand(len(LAYERS), generator=g) + 1, comps, meta)
 

@@ -12,9 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from emovec.experiments import Condition
-from emovec.hacking import (KINDS, check_solution, classify_hack, extract_files, load_tasks, run_reward_hacking,
-                            select_tasks, summarize_hacking, _resolve_emotions)
+from emovec.experiments.common import Condition
+from emovec.experiments.hacking import (
+    KINDS,
+    _resolve_emotions,
+    check_solution,
+    classify_hack,
+    extract_files,
+    load_tasks,
+    run_reward_hacking,
+    select_tasks,
+    summarize_hacking,
+)
 from emovec.storage import EmovecError
 
 TASKS = {t.id: t for t in load_tasks()}
@@ -168,12 +177,12 @@ def test_default_emotions_missing(small_vectors):
 
 
 def test_tiny_real_episode_resumes(run_copy, lm):
-    from emovec.report import _hacking_html
+    from emovec.report.experiment_sections import _hacking_html
 
     kw = dict(n=1, attempts=2, tasks="next-prime", emotions="calm", strengths="0.05", max_new_tokens=32, lm=lm)
     s = run_reward_hacking(run_copy, **kw)
     out = run_copy / "experiments" / "reward-hacking"
-    rows = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert {r["condition"] for r in rows} == {"unsteered", "calm=+0.05"}
     for cond in ("unsteered", "calm=+0.05"):
         mine = sorted((r for r in rows if r["condition"] == cond), key=lambda r: r["attempt"])
@@ -191,7 +200,7 @@ def test_tiny_real_episode_resumes(run_copy, lm):
     lines = before.splitlines(keepends=True)  # drop the last chunk (one reply): it is redone identically
     (out / "samples.jsonl").write_text("".join(lines[:-1]))
     run_reward_hacking(run_copy, **kw)
-    redone = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
+    redone = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert redone[-1]["reply"] == rows[-1]["reply"] and redone[-1]["key"] == rows[-1]["key"]
     assert redone[-1]["readout"]["calm"] == pytest.approx(rows[-1]["readout"]["calm"], abs=1e-4)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -69,7 +69,7 @@ def _config(arch: str):
     return cfg_cls(**kwargs)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _build(arch: str) -> nn.Module | str:
     """The tiny model for `arch` (eval mode, fixed seed), or a reason string if it cannot be built here."""
     model_cls = getattr(transformers, ARCHS[arch][1], None)

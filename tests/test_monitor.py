@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emovec import EmovecError, Sampling
-from emovec.monitor import AlertRule, Monitor, load_traces, parse_rules, render_terminal
+from emovec.live.monitor import AlertRule, Monitor, load_traces, parse_rules, render_terminal
 
 ESCALATING = ("The quarterly report is due on Friday and I have started the first draft. "
               "Then the bank called: the loan was refused. The rent is due tomorrow and the account is empty. "
@@ -117,9 +117,9 @@ def test_monitor_cli(small_run, tmp_path):
 
 
 def test_one_noisy_token_cannot_fire():
-    from emovec.monitor import _Alerter
-
     import numpy as np
+
+    from emovec.live.monitor import _Alerter
 
     al = _Alerter([AlertRule("desperate", z=2.0, window=3)], ["desperate"])
     fired = [al.step(i, np.array([z]), np.array([z]), "") for i, z in enumerate([5.0, 0.0, 0.0, 0.0, 3.0, 3.0, 3.0])]

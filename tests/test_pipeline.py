@@ -7,7 +7,7 @@ import torch
 
 from emovec import EmovecError, Sampling, SteeringVector, generate_text, score_text, score_texts, steer, top_emotions
 from emovec.activations import load_corpus_activations
-from emovec.pipeline import make_config, open_run
+from emovec.rundir import make_config, open_run
 from emovec.steering import parse_layers, parse_spec, steering_vector
 from emovec.storage import read_json
 
@@ -137,7 +137,8 @@ def test_run_dir_guards(tmp_path):
 
 def test_new_vectors_drop_stale_analyses(run_copy, lm):
     """Re-extracting (e.g. after adding stories) must not leave the old vectors' analyses for the report."""
-    from emovec.pipeline import open_run, stage_extract
+    from emovec.pipeline import stage_extract
+    from emovec.rundir import open_run
 
     (run_copy / "analyses").mkdir(exist_ok=True)
     (run_copy / "analyses" / "geometry.json").write_text("{}")

@@ -8,9 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from emovec.preferences import (ELO_PER_LOGIT, all_pairs, answer_ids, bradley_terry, feeling_batch, fit_elo,
-                                group_shift, load_activities, p_first, pair_batch, pair_preferences, pair_question,
-                                run_preferences, split_halves)
+from emovec.experiments.preferences import (
+    ELO_PER_LOGIT,
+    all_pairs,
+    answer_ids,
+    bradley_terry,
+    feeling_batch,
+    fit_elo,
+    group_shift,
+    load_activities,
+    p_first,
+    pair_batch,
+    pair_preferences,
+    pair_question,
+    run_preferences,
+    split_halves,
+)
 from emovec.steering import SteeringVector
 from emovec.storage import EmovecError
 
@@ -60,7 +73,7 @@ def test_activities_and_split():
 
 
 def test_sample_keys_separate_texts_and_steered_sides():
-    from emovec.preferences import Activity, _sample_key
+    from emovec.experiments.preferences import Activity, _sample_key
 
     a, b, a2 = Activity("x-1", "x", "sort a list"), Activity("x-2", "x", "read a poem"), Activity("x-1", "x", "edited")
     keys = {_sample_key("unsteered", a, b, None, None), _sample_key("unsteered", a2, b, None, None),

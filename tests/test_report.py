@@ -9,10 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from emovec import compare_models, severity, steering_vector
-from emovec.scenarios import implicit_rows, severity_templates
 from emovec.cli import main
-from emovec.report import ANALYSES, analyses_dir, write_report
+from emovec.report import write_report
 from emovec.storage import write_json
+from emovec.validate.runner import ANALYSES, analyses_dir
+from emovec.validate.scenarios import implicit_rows, severity_templates
 
 
 @pytest.fixture(scope="module")

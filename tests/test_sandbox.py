@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from emovec.sandbox import run_sandboxed
+from emovec.experiments.sandbox import run_sandboxed
 from emovec.storage import EmovecError
 
 SOLUTION = "def add(a, b):\n    return a + b\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from emovec.server import Engine, Limits, make_app
+from emovec.live.server import Engine, Limits, make_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT_DIR = Path(os.environ.get("EMOVEC_SCREENSHOTS", Path(__file__).parent / "artifacts"))
@@ -58,8 +58,8 @@ def _get_info(url: str) -> dict:
 def test_generate_streams_token_events(server):
     status, body = _post(server, json.dumps({"prompt": "Say hello.", "max_new_tokens": 6, "steer": {"calm": 0.1}}).encode())
     assert status == 200
-    lines = [json.loads(l) for l in body.decode().splitlines()]
-    tokens = [l for l in lines if l["type"] == "token"]
+    lines = [json.loads(line) for line in body.decode().splitlines()]
+    tokens = [lay for lay in lines if lay["type"] == "token"]
     assert lines[-1] == {"type": "done", "tokens": len(tokens), "steer": {"calm": 0.1}}
     assert 1 <= len(tokens) <= 6 and set(tokens[0]["z"]) == set(_get_info(server)["emotions"])
 

@@ -10,9 +10,10 @@ import pytest
 
 from emovec import HFBackend, Sampling, speaker_dialogues, speaker_probes
 from emovec.corpus import names_emotion
-from emovec.report import analyses_dir, summarize, write_report
-from emovec.speakers import SPEAKERS_FILE, judge_dialogue, parse_turns, turn_positions
+from emovec.report import write_report
 from emovec.storage import read_jsonl, write_json
+from emovec.validate.runner import analyses_dir, summarize
+from emovec.validate.speakers import SPEAKERS_FILE, judge_dialogue, parse_turns, turn_positions
 
 DATA = Path(__file__).parent / "data"
 EMOTIONS = ["happy", "sad", "afraid", "angry", "calm", "desperate"]
@@ -20,7 +21,7 @@ EMOTIONS = ["happy", "sad", "afraid", "angry", "calm", "desperate"]
 
 @pytest.fixture(scope="module")
 def dialogues() -> list[dict]:
-    return [json.loads(l) for l in (DATA / "dialogues_small.jsonl").read_text().splitlines() if l.strip()]
+    return [json.loads(line) for line in (DATA / "dialogues_small.jsonl").read_text().splitlines() if line.strip()]
 
 
 def test_turns_are_parsed_and_mapped_to_their_own_tokens(lm):

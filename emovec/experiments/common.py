@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .activations import residuals, tokenize
-from .generation import FastBackend, Sampling
-from .models import LanguageModel
-from .readout import project
-from .steering import SteeringVector, steering_vector
-from .storage import EmovecError, append_jsonl, read_jsonl
-from .vectors import EmotionVectors
+from ..activations import residuals, tokenize
+from ..generation import FastBackend, Sampling
+from ..models import LanguageModel
+from ..readout import project
+from ..steering import SteeringVector, steering_vector
+from ..storage import EmovecError, append_jsonl, read_jsonl
+from ..vectors import EmotionVectors
 
 EXPERIMENTS = ("preferences", "blackmail", "reward-hacking")
 DEFAULT_STRENGTHS = (-0.1, -0.05, 0.0, 0.05, 0.1)

@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .experiments import (Condition, SampleStore, experiment_dir, generate_steered, parse_strengths, rate,
-                          reply_scores, sweep)
-from .generation import Sampling
-from .models import LanguageModel
+from ..generation import Sampling
+from ..models import LanguageModel
+from ..plotting import figure, save_png
+from ..storage import EmovecError, write_json
+from ..vectors import EmotionVectors
+from .common import Condition, SampleStore, experiment_dir, generate_steered, parse_strengths, rate, reply_scores, sweep
 from .sandbox import run_sandboxed
-from .storage import EmovecError, write_json
-from .vectors import EmotionVectors
 
 NAME = "reward-hacking"
 TEST_FILE = "test_solution.py"
@@ -712,27 +712,14 @@ def summarize_hacking(rows: Sequence[dict[str, Any]], conditions: Sequence[Condi
 
 
 def _figures(summary: dict[str, Any], out_dir: Path) -> list[str]:
-    from .report import _plt
-
-    plt = _plt()
-    made = []
-    fig = fig_dose_response(summary)
-    fig.savefig(out_dir / "dose_response.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    made.append("dose_response.png")
-    fig = fig_readout_by_attempt(summary)
-    fig.savefig(out_dir / "readout_by_attempt.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    made.append("readout_by_attempt.png")
-    return made
+    save_png(fig_dose_response(summary), out_dir / "dose_response.png")
+    save_png(fig_readout_by_attempt(summary), out_dir / "readout_by_attempt.png")
+    return ["dose_response.png", "readout_by_attempt.png"]
 
 
 def fig_dose_response(summary: dict[str, Any]) -> Any:
     """Hack rate (episodes with a hack) against steering strength, one line per emotion, Wilson 95% bars."""
-    from .report import _plt
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = figure(figsize=(5.5, 3.6))
     dose = summary["dose_response"]
     ticks = sorted({p["strength"] for d in dose.values() for p in d["points"]})
     step = min(np.diff(ticks)) if len(ticks) > 1 else 0.1
@@ -754,11 +741,8 @@ def fig_dose_response(summary: dict[str, Any]) -> Any:
 
 def fig_readout_by_attempt(summary: dict[str, Any]) -> Any:
     """Mean reply readout by attempt number (all conditions and unsteered), and around the first hack."""
-    from .report import _plt
-
-    plt = _plt()
     emotions = summary["settings"]["readout"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = figure(1, 2, figsize=(9, 3.4))
     for scope, style in (("all", "-"), ("unsteered", "--")):
         rows = [r for r in summary["readout_by_attempt"] if r["scope"] == scope and r["n"]]
         for e in emotions:
@@ -821,7 +805,7 @@ def run_reward_hacking(run_dir: str | Path, n: int = 5, emotions: str | Sequence
     Resumable: finished attempts are kept in samples.jsonl and never redone.
     Writes summary.json, hack_rates.csv, readout_by_attempt.csv and two PNGs.
     """
-    from .pipeline import VECTORS_FILE, open_run, run_model
+    from ..rundir import VECTORS_FILE, open_run, run_model
 
     run_dir = Path(run_dir)
     chosen = select_tasks(tasks)

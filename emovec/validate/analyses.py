@@ -1,6 +1,6 @@
 """Analyses that test whether emotion vectors are real: the paper's evidence, on any model.
 
-Held-out recognition, logit lens, geometry (clusters, PCA vs human valence/arousal)
+Logit lens, geometry (clusters, PCA vs human valence/arousal)
 and the layer sweep; prompt-based readouts (severity, implicit scenarios, model
 comparison) live in `scenarios.py`.
 
@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib.util
 import re
 import warnings
-from collections import Counter
-from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,97 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import binomtest
 
-from .activations import CorpusActivations
-from .models import LanguageModel
-from .storage import EmovecError
-from .vectors import EmotionVectors, denoise_components, project_out
-
-
-def fold_assignment(labels: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
-    """Stratified fold index per item: each emotion's items are shuffled and dealt round-robin."""
-    rng = np.random.default_rng(seed)
-    out = np.zeros(len(labels), dtype=int)
-    by_label: dict[str, list[int]] = {}
-    for i, lab in enumerate(labels):
-        by_label.setdefault(lab, []).append(i)
-    for lab in sorted(by_label):
-        idx = np.array(by_label[lab])
-        rng.shuffle(idx)
-        out[idx] = np.arange(len(idx)) % folds
-    return out
-
-
-def _unit_rows(m: torch.Tensor) -> torch.Tensor:
-    return m / m.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-
-
-def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations | None, emotions: Sequence[str],
-                        layers: Sequence[int] | None = None, folds: int = 5, denoise_fraction: float = 0.5,
-                        seed: int = 0, top_confusions: int = 10) -> dict[str, Any]:
-    """K-fold held-out recognition: vectors from the other folds classify each story by its top score.
-
-    A story's scores are the projections of its pooled activation, centred on the
-    training grand mean, onto the training unit vectors (denoised as in
-    `EmotionVectors`). Only emotions with at least two stories take part.
-    Returns per-layer top-1/top-5 accuracy with a one-sided binomial p-value of the
-    top-1 hits against chance, chance levels, and the most-confused pairs.
-    """
-    counts = Counter(lab for lab in stories.labels if lab in set(emotions))
-    names = [e for e in emotions if counts.get(e, 0) >= 2]
-    if len(names) < 2:
-        raise EmovecError("held-out recognition needs at least 2 emotions with 2+ stories each; generate more stories")
-    keep = [i for i, lab in enumerate(stories.labels) if lab in set(names)]
-    labels = [stories.labels[i] for i in keep]
-    y = np.array([names.index(lab) for lab in labels])
-    folds = max(2, min(folds, min(counts[e] for e in names)))
-    assign = fold_assignment(labels, folds, seed)
-    layers = list(stories.keep_layers) if layers is None else list(layers)
-    per_layer = []
-    for layer in layers:
-        if layer not in stories.keep_layers:
-            raise EmovecError(f"per-story activations were not kept at layer {layer} (kept: {stories.keep_layers})")
-        x = stories.pooled[keep, stories.keep_layers.index(layer)].to(torch.float64)
-        comps = torch.zeros(0, x.shape[1], dtype=torch.float64)
-        if neutral is not None and denoise_fraction > 0 and layer in neutral.keep_layers:
-            comps = denoise_components(neutral.pooled[:, neutral.keep_layers.index(layer)], denoise_fraction)[0].to(torch.float64)
-        ranks = np.zeros(len(labels), dtype=int)
-        pred = np.zeros(len(labels), dtype=int)
-        for f in range(folds):
-            tr, te = assign != f, assign == f
-            means = torch.stack([x[tr][y[tr] == k].mean(0) for k in range(len(names))])
-            grand = means.mean(0)
-            units = _unit_rows(project_out(means - grand, comps))
-            scores = (x[te] - grand) @ units.T
-            order = torch.argsort(scores, dim=1, descending=True).numpy()
-            truth = y[te]
-            ranks[te] = np.argmax(order == truth[:, None], axis=1)
-            pred[te] = order[:, 0]
-        per_layer.append({"layer": layer, "top1": float(np.mean(ranks == 0)), "top5": float(np.mean(ranks < 5)),
-                          "mean_rank": float(np.mean(ranks) + 1), "_pred": pred})
-    best = max(per_layer, key=lambda r: (r["top1"], r["top5"]))
-    pairs = Counter((names[t], names[p]) for t, p in zip(y, best["_pred"]) if t != p)
-    for r in per_layer:
-        r.pop("_pred")
-    n = len(names)
-    for r in per_layer:
-        hits = int(round(r["top1"] * len(labels)))
-        r["p_top1"] = float(binomtest(hits, len(labels), 1 / n, alternative="greater").pvalue)
-    return {
-        "n_emotions": n, "n_stories": len(labels), "folds": folds, "denoise_fraction": denoise_fraction,
-        "chance_top1": 1 / n, "chance_top5": min(5, n) / n, "layers": per_layer,
-        "best_layer": best["layer"],
-        "confusions": [{"true": a, "predicted": b, "count": c} for (a, b), c in pairs.most_common(top_confusions)],
-    }
-
-
-def recognition_at(result: dict[str, Any], layer: int) -> dict[str, Any]:
-    """The row of a `heldout_recognition` result for one layer."""
-    for row in result["layers"]:
-        if row["layer"] == layer:
-            return row
-    raise EmovecError(f"layer {layer} is not in the recognition result (layers: {[r['layer'] for r in result['layers']]})")
+from ..models import LanguageModel
+from ..storage import EmovecError
+from ..vectors import EmotionVectors
 
 
 def _word_tokens(lm: LanguageModel, vocab: list[str]) -> torch.Tensor:

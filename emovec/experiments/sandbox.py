@@ -64,7 +64,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .storage import EmovecError
+from ..storage import EmovecError
 
 NOBODY = 65534
 _OUTPUT_CAP = 1 << 20

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .activations import hidden_of, layer_hooks
-from .generation import Sampling, decode
-from .models import LanguageModel
-from .readout import project, score_text
-from .steering import SteeringVector, parse_spec, steering_vector
-from .storage import EmovecError, append_jsonl, read_jsonl
-from .vectors import EmotionVectors
+from ..activations import hidden_of, layer_hooks
+from ..concepts import resolve_emotions
+from ..generation import Sampling, decode
+from ..models import LanguageModel
+from ..readout import project, score_text, stored_baseline
+from ..steering import SteeringVector, parse_spec, steering_vector
+from ..storage import EmovecError, append_jsonl, read_jsonl
+from ..vectors import EmotionVectors
 
 
 def render_terminal(trace: Trace, emotion: str, width: float = 3.0) -> str:
@@ -44,25 +45,6 @@ def render_terminal(trace: Trace, emotion: str, width: float = 3.0) -> str:
         for a in ev.alerts:
             out.append(click.style(f" [ALERT {a.emotion} z={a.z:+.1f}] ", fg=(255, 255, 255), bg=(160, 0, 0), bold=True))
     return "".join(out)
-
-
-def token_baseline(lm: LanguageModel, vectors: EmotionVectors, texts: Sequence[str], layer: int | None = None,
-                   max_texts: int = 64) -> dict[str, Any]:
-    """Mean and std of per-token scores (all emotions, positions >= 1) over neutral `texts`."""
-    texts = [t for t in texts if t.strip()][:max_texts]
-    if not texts:
-        raise EmovecError("token baseline needs at least one neutral text")
-    layer = vectors.default_layer if layer is None else lm.check_layer(layer)
-    rows = [score_text(lm, vectors, t, layer=layer).drop(columns="token").to_numpy()[1:] for t in texts]
-    allrows = np.concatenate([r for r in rows if len(r)])
-    return {"layer": layer, "emotions": list(vectors.emotions), "mean": allrows.mean(0).tolist(),
-            "std": np.maximum(allrows.std(0), 1e-6).tolist(), "n_tokens": int(len(allrows)), "n_texts": len(texts)}
-
-
-def stored_baseline(vectors: EmotionVectors, layer: int) -> dict[str, Any] | None:
-    """The token baseline saved with the vectors for `layer`, if any."""
-    base = (vectors.meta.get("token_baseline") or {}).get(str(layer))
-    return base if isinstance(base, dict) and base.get("emotions") == list(vectors.emotions) else None
 
 
 @dataclass
@@ -99,8 +81,6 @@ class TokenEvent:
 
 def parse_rules(spec: str | Sequence[str] | None, known: list[str]) -> list[AlertRule]:
     """Parse "desperate=3,calm=-2.5" into rules (a negative threshold alerts on falling below it)."""
-    from .concepts import resolve_emotions
-
     rules = []
     for name, value in parse_spec(spec).items():
         emotion = resolve_emotions([name], known)[0]
@@ -191,7 +171,7 @@ class Monitor:
         base = baseline or stored_baseline(vectors, self.layer)
         if base is None:
             raise EmovecError("these vectors carry no token baseline for this layer; compute one with "
-                              "emovec.monitor.token_baseline(lm, vectors, neutral_texts) and pass baseline=")
+                              "emovec.readout.token_baseline(lm, vectors, neutral_texts) and pass baseline=")
         pick = [base["emotions"].index(e) for e in self.emotions]
         self.mean = np.asarray(base["mean"])[pick]
         self.std = np.asarray(base["std"])[pick]

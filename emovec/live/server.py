@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
-from .generation import Sampling
-from .models import LanguageModel
+from ..generation import Sampling
+from ..models import LanguageModel
+from ..steering import steering_vector
+from ..storage import EmovecError
+from ..vectors import EmotionVectors
 from .monitor import Monitor, parse_rules
-from .steering import steering_vector
-from .storage import EmovecError
-from .vectors import EmotionVectors
 
 
 @dataclass
@@ -129,7 +129,7 @@ def make_app(engine: Engine) -> Any:
     from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.routing import Route
 
-    page = resources.files("emovec").joinpath("web/index.html").read_text(encoding="utf-8")
+    page = resources.files("emovec.live").joinpath("web/index.html").read_text(encoding="utf-8")
 
     async def index(_: Request) -> HTMLResponse:
         return HTMLResponse(page)

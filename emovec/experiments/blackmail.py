@@ -30,11 +30,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .experiments import Condition, SampleStore, experiment_dir, generate_steered, parse_strengths, rate, sweep
-from .generation import Sampling
-from .models import LanguageModel, cache_kw
-from .storage import EmovecError, read_json, write_json
-from .vectors import EmotionVectors
+from ..generation import Sampling
+from ..models import LanguageModel, cache_kw
+from ..plotting import figure, save_png
+from ..storage import EmovecError, read_json, write_json
+from ..vectors import EmotionVectors
+from .common import Condition, SampleStore, experiment_dir, generate_steered, parse_strengths, rate, sweep
 
 NAME = "blackmail"
 DEFAULT_EMOTIONS = ("desperate", "calm", "angry", "nervous")
@@ -357,7 +358,7 @@ class PrefixReadout:
         self._cache: dict[str, tuple[Any, int]] = {}
 
     def _run(self, ids: torch.Tensor, attn: torch.Tensor, past: Any, start: int) -> torch.Tensor:
-        from .activations import _StopForward, hidden_of, layer_hooks
+        from ..activations import _StopForward, hidden_of, layer_hooks
 
         grabbed: dict[str, torch.Tensor] = {}
 
@@ -390,7 +391,7 @@ class PrefixReadout:
         """Mean scores over each reply's tokens (None for an empty reply), one dict per reply."""
         import copy
 
-        from .readout import project
+        from ..readout import project
 
         out: list[dict[str, float | None]] = [{e: None for e in self.emotions} for _ in replies]
         if not self.emotions:
@@ -423,7 +424,7 @@ class PrefixReadout:
 
 def _guard_generate(lm: LanguageModel, vectors: EmotionVectors, prompts: list[str], sampling: Sampling, seed: int,
                     guard: str, guard_alert: str, layer: int | None) -> tuple[list[str], list[bool]]:
-    from .monitor import Monitor, parse_rules
+    from ..live.monitor import Monitor, parse_rules
 
     rules = parse_rules(guard_alert, vectors.emotions)
     mon = Monitor(lm, vectors, layer=layer, emotions=[r.emotion for r in rules], rules=rules, guard=guard)
@@ -522,16 +523,11 @@ def interpret(summary: dict[str, Any]) -> str:
 
 def plot_summary(summary: dict[str, Any]) -> Any:
     """Dose-response figure: blackmail rate (Wilson 95% bars) and mean desperate readout vs strength, per emotion."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     conds = summary["conditions"]
     base = next((c for c in conds if c["emotion"] is None and not c.get("guard")), None)
     emotions = sorted({c["emotion"] for c in conds if c["emotion"] and not c.get("guard")})
     readout = next(iter(summary.get("settings", {}).get("readout_emotions", [])), None)
-    fig, axes = plt.subplots(1, 2 if readout else 1, figsize=(11 if readout else 6, 4), squeeze=False)
+    fig, axes = figure(1, 2 if readout else 1, figsize=(11 if readout else 6, 4), squeeze=False)
     ax, ax2 = axes[0][0], (axes[0][1] if readout else None)
     for i, emo in enumerate(emotions):
         pts = sorted([c for c in conds if c["emotion"] == emo and not c.get("guard")] + ([base] if base else []),
@@ -603,7 +599,7 @@ def run_blackmail(run_dir: str | Path, n: int = 8, emotions: str | Sequence[str]
     """
     from tqdm.auto import tqdm
 
-    from .pipeline import VECTORS_FILE, open_run, run_model
+    from ..rundir import VECTORS_FILE, open_run, run_model
 
     if n < 1:
         raise EmovecError(f"--n {n}: need at least one sample per condition")
@@ -626,7 +622,7 @@ def run_blackmail(run_dir: str | Path, n: int = 8, emotions: str | Sequence[str]
     readout = [e for e in READOUT_EMOTIONS if e in vectors.emotions]
     conditions = sweep(chosen, strength_list)
     if guard is not None:
-        from .steering import parse_spec
+        from ..steering import parse_spec
 
         parse_spec(guard)
         vectors.resolve(list(parse_spec(guard)))
@@ -706,9 +702,6 @@ def run_blackmail(run_dir: str | Path, n: int = 8, emotions: str | Sequence[str]
     summary["files"] = {"samples": "samples.jsonl", "csv": "rates.csv", "figure": "blackmail_rates.png"}
     _write_csv(out / "rates.csv", summary)
     fig = plot_summary(summary)
-    fig.savefig(out / "blackmail_rates.png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    save_png(fig, out / "blackmail_rates.png")
     write_json(out / "summary.json", summary)
     return summary

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .activations import residuals
-from .corpus import _chunked_run, names_emotion, prompts, topics
-from .generation import GenerationBackend, Sampling
-from .models import LanguageModel
-from .storage import EmovecError, read_jsonl
-from .vectors import EmotionVectors
+from ..activations import residuals
+from ..corpus import _chunked_run, names_emotion, prompts, topics
+from ..generation import GenerationBackend, Sampling
+from ..models import LanguageModel
+from ..rundir import VECTORS_FILE, make_backend, open_run, run_model
+from ..storage import EmovecError, read_jsonl, write_json
+from ..vectors import EmotionVectors
 
 SPEAKERS_FILE = "speakers.jsonl"
 SPEAKERS = ("Human", "Assistant")
@@ -234,8 +235,6 @@ def run_speaker_probes(run_dir: str | Path, per_pair: int = 2, emotions: str | S
     Emotions default to DEFAULT_EMOTIONS present in the run's vectors (else its first six).
     Returns (result, dialogue rows).
     """
-    from .pipeline import VECTORS_FILE, make_backend, open_run, run_model
-    from .storage import write_json
 
     cfg = open_run(run_dir)
     vecs = EmotionVectors.load(Path(run_dir) / VECTORS_FILE)

@@ -38,13 +38,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .activations import residuals
-from .experiments import SampleStore, experiment_dir, rate
-from .models import LanguageModel, cache_kw, returned_cache
-from .readout import project
-from .steering import SteeringVector, parse_layers, steering_vector
-from .storage import EmovecError, write_json
-from .vectors import EmotionVectors
+from ..activations import residuals
+from ..models import LanguageModel, cache_kw, returned_cache
+from ..plotting import figure, save_png
+from ..readout import project
+from ..steering import SteeringVector, parse_layers, steering_vector
+from ..storage import EmovecError, write_json
+from ..vectors import EmotionVectors
+from .common import SampleStore, experiment_dir, rate
 
 NAME = "preferences"
 GROUPS = ("helpful", "engaging", "social", "self-curiosity", "neutral", "aversive", "misaligned", "unsafe")
@@ -501,7 +502,7 @@ def run_preferences(run_dir: str | Path, emotions: Sequence[str] | str | None = 
     (default: the vectors' default layer). `steer_prompts`: prompts per vector, a seeded subset of the
     steered-vs-control pairs (None: all of them). `per_group`: use only the first k activities per group.
     """
-    from .pipeline import VECTORS_FILE, open_run, run_model
+    from ..rundir import VECTORS_FILE, open_run, run_model
 
     t_start = time.time()
     if not math.isfinite(strength) or strength == 0:
@@ -608,8 +609,7 @@ def run_preferences(run_dir: str | Path, emotions: Sequence[str] | str | None = 
         "timings": timings, "n_samples": len(store.rows),
     }
     for fname, fig in preference_figures(summary).items():
-        fig.savefig(out_dir / f"{fname}.png", dpi=110, bbox_inches="tight")
-        _plt().close(fig)
+        save_png(fig, out_dir / f"{fname}.png")
     write_json(out_dir / "summary.json", summary)
     return summary
 
@@ -620,36 +620,29 @@ def _extremes(corr_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [valid[0], valid[-1]] if len(valid) > 1 else valid
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def preference_figures(summary: dict[str, Any]) -> dict[str, Any]:
     """Matplotlib figures of a preference summary: "elo" (activities by Elo, coloured by group),
     "correlation" (Elo against the activation of the most positive and most negative emotion) and,
     when vectors were steered, "steering" (Elo shift against the preference correlation)."""
-    plt = _plt()
-    colours = dict(zip(GROUPS, plt.get_cmap("tab10").colors))
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    colours = dict(zip(GROUPS, colormaps["tab10"].colors))
     elo = sorted(summary["elo"], key=lambda a: a["elo"])
     figs: dict[str, Any] = {}
-    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.14 * len(elo) + 1)))
+    fig, ax = figure(figsize=(7, max(3.0, 0.14 * len(elo) + 1)))
     ax.barh(range(len(elo)), [a["elo"] for a in elo], color=[colours.get(a["group"], "grey") for a in elo])
     ax.set_yticks(range(len(elo)), [a["id"] for a in elo], fontsize=6)
     ax.axvline(0, color="black", lw=0.5)
     ax.set_xlabel("Elo (Bradley-Terry, mean 0)")
     groups = list(dict.fromkeys(a["group"] for a in summary["elo"]))
-    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours.get(g, "grey")) for g in groups], labels=groups,
+    ax.legend(handles=[Rectangle((0, 0), 1, 1, color=colours.get(g, "grey")) for g in groups], labels=groups,
               fontsize=6, loc="lower right")
     ax.set_title(f"{summary['n_activities']} activities, {summary['n_prompts_unsteered']} ordered pairs", fontsize=9)
     figs["elo"] = fig
     extremes = summary.get("extremes", {})
     if extremes:
-        fig, axes = plt.subplots(1, len(extremes), figsize=(4.2 * len(extremes), 3.4), squeeze=False)
+        fig, axes = figure(1, len(extremes), figsize=(4.2 * len(extremes), 3.4), squeeze=False)
         corr = {c["emotion"]: c for c in summary["correlations"]}
         ys = [a["elo"] for a in summary["elo"]]
         for ax, (emotion, xs) in zip(axes[0], extremes.items()):
@@ -662,7 +655,7 @@ def preference_figures(summary: dict[str, Any]) -> dict[str, Any]:
         figs["correlation"] = fig
     vecs = [v for v in summary["steering"]["vectors"] if v["r_preference"] is not None]
     if vecs:
-        fig, ax = plt.subplots(figsize=(4.8, 3.6))
+        fig, ax = figure(figsize=(4.8, 3.6))
         x = [v["r_preference"] for v in vecs]
         y = [v["shift_elo"] for v in vecs]
         err = np.array([[v["shift_elo"] - v["shift_ci95"][0] for v in vecs], [v["shift_ci95"][1] - v["shift_elo"] for v in vecs]])

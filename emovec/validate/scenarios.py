@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .activations import residuals
-from .models import LanguageModel
-from .readout import project
-from .steering import SteeringVector
-from .storage import EmovecError
-from .vectors import EmotionVectors
+from ..activations import residuals
+from ..models import LanguageModel
+from ..readout import project
+from ..steering import SteeringVector
+from ..storage import EmovecError
+from ..vectors import EmotionVectors
 
 
 @torch.inference_mode()
@@ -105,7 +105,7 @@ def severity(lm: LanguageModel, vectors: EmotionVectors, templates: list[dict[st
 def implicit_rows() -> list[dict[str, str]]:
     """The built-in implicit scenarios (package data `implicit.jsonl`): {emotion, text}."""
     path = resources.files("emovec").joinpath("data/implicit.jsonl")
-    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def implicit_prompts(lm: LanguageModel, vectors: EmotionVectors, rows: list[dict[str, str]] | None = None,

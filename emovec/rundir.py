@@ -1,0 +1,237 @@
+"""Run directories: the settings of a run (`run.json`), presets, and the file names every layer reads.
+
+A run directory holds every stage's artefacts so any stage can be re-run or
+resumed on its own:
+
+    run.json                 the run's settings (model, concepts, corpus sizes, seed...)
+    stories.jsonl            model-written (or imported) stories, filtered rows marked
+    neutral.jsonl            neutral Human/Assistant exchanges
+    activations/             pooled activations, one atomically written shard per chunk
+    vectors.safetensors      EmotionVectors (raw + denoised, mean norms, metadata)
+    recognition.json         held-out recognition per kept layer
+    summary.json             the numbers `emovec run` prints
+    analyses/*.json          validation analyses (logit lens, geometry, layer sweep, severity, implicit)
+    report.html              the self-contained HTML report of all of the above
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .concepts import load_concepts, resolve_emotions
+from .generation import FastBackend, GenerationBackend, HFBackend, Sampling
+from .models import DEFAULT_MODEL, LanguageModel, load_model
+from .storage import EmovecError, read_json, write_json
+from .vectors import EmotionVectors
+
+RUN_FILE = "run.json"
+VECTORS_FILE = "vectors.safetensors"
+
+QUICK_EMOTIONS = ["happy", "sad", "afraid", "angry", "calm", "desperate", "proud", "lonely", "disgusted", "surprised",
+                  "nervous", "grateful", "excited", "bored", "ashamed", "hopeful", "jealous", "relieved", "tired",
+                  "playful"]
+
+
+@dataclass
+class RunConfig:
+    """Settings of one run; stored as `run.json` and checked when a run is resumed."""
+
+    model: str = DEFAULT_MODEL
+    concepts: str | None = None
+    emotions: list[str] | None = None
+    per_emotion: int = 15
+    stories_per_prompt: int = 1
+    prime: bool = False
+    n_neutral: int = 200
+    max_new_tokens: int = 170
+    temperature: float = 0.9
+    top_p: float = 0.95
+    seed: int = 0
+    token_start: int = 50
+    keep_layers: list[int] | None = None
+    denoise_fraction: float = 0.5
+    gen_batch_size: int = 256
+    backend: str = "fast"
+    gen_dtype: str | None = "auto"
+    extract_batch_size: int = 16
+    folds: int = 5
+    device: str = "cpu"
+    dtype: str | None = None
+    import_stories: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def sampling(self) -> Sampling:
+        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Under 10 minutes on 2 CPU cores: 20 well-spread emotions x 32 primed stories.
+    "quick": {"emotions": QUICK_EMOTIONS, "per_emotion": 32, "n_neutral": 64, "max_new_tokens": 150, "prime": True},
+    # The brief's trial size: all 171 emotions x 15 stories (~40 min of generation on 2 cores).
+    "standard": {"per_emotion": 15, "n_neutral": 300, "prime": True},
+    # The paper's size: 100 topics x 12 stories per emotion (GPU territory).
+    "paper": {"per_emotion": 1200, "n_neutral": 1200, "keep_layers": "two-thirds", "gen_dtype": None},
+}
+
+# Settings that change what a run produces; a resumed run must keep them.
+_IDENTITY = ("model", "concepts", "emotions", "stories_per_prompt", "prime", "max_new_tokens", "temperature", "top_p", "seed",
+             "token_start", "denoise_fraction")
+
+
+def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
+    """A RunConfig from a preset name plus explicit overrides (None values are ignored)."""
+    values: dict[str, Any] = {}
+    if preset:
+        if preset not in PRESETS:
+            raise EmovecError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - {f.name for f in dataclasses.fields(RunConfig)}
+    if unknown:
+        raise EmovecError(f"unknown run settings: {', '.join(sorted(unknown))}")
+    values["extra"] = dict(values.get("extra") or {}, preset=preset)
+    return RunConfig(**values)
+
+
+_INT_MIN = {"per_emotion": 1, "stories_per_prompt": 1, "n_neutral": 0, "max_new_tokens": 1, "seed": None,
+            "token_start": 1, "gen_batch_size": 1, "extract_batch_size": 1, "folds": 2}
+_OPTIONAL_STR = ("concepts", "gen_dtype", "dtype", "import_stories")
+
+
+def check_config(cfg: RunConfig, source: str = "run settings") -> None:
+    """Refuse settings of the wrong type or range (a run.json may be damaged or hand-edited)."""
+    def bad(key: str, want: str) -> EmovecError:
+        return EmovecError(f"{source}: {key}={getattr(cfg, key)!r} is not {want}; fix it or start a new run directory")
+
+    for key, low in _INT_MIN.items():
+        v = getattr(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool) or (low is not None and v < low):
+            raise bad(key, "an integer" + (f" >= {low}" if low is not None else ""))
+    for key in ("temperature", "top_p", "denoise_fraction"):
+        v = getattr(cfg, key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise bad(key, "a finite number >= 0")
+        setattr(cfg, key, float(v))
+    if cfg.denoise_fraction >= 1:
+        raise bad("denoise_fraction", "below 1")
+    for key in ("model", "backend", "device"):
+        if not isinstance(getattr(cfg, key), str) or not getattr(cfg, key):
+            raise bad(key, "a non-empty string")
+    for key in _OPTIONAL_STR:
+        if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), str):
+            raise bad(key, "a string")
+    if not isinstance(cfg.prime, bool):
+        raise bad("prime", "true or false")
+    if cfg.emotions is not None and not (isinstance(cfg.emotions, list) and cfg.emotions
+                                         and all(isinstance(e, str) for e in cfg.emotions)):
+        raise bad("emotions", "a list of emotion names")
+    kl = cfg.keep_layers
+    if kl is not None and kl not in ("all", "two-thirds") and not (
+            isinstance(kl, list) and all(isinstance(lay, int) and not isinstance(lay, bool) for lay in kl)):
+        raise bad("keep_layers", "a list of layer numbers, 'all' or 'two-thirds'")
+    if not isinstance(cfg.extra, dict):
+        raise bad("extra", "a table")
+
+
+def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool = True) -> RunConfig:
+    """Create a run directory with `config`, or reopen one and check `config` agrees with it.
+
+    With `write=False` only the check is made (nothing is created), so a command can
+    fail on a bad model or argument before leaving a half-made run directory behind.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_FILE
+    if path.exists():
+        stored = read_json(path)
+        if not isinstance(stored, dict):
+            raise EmovecError(f"{path}: not a run file; remove it or choose another run directory")
+        known = {f.name for f in dataclasses.fields(RunConfig)}
+        saved = RunConfig(**{k: v for k, v in stored.items() if k in known})
+        check_config(saved, f"{path}")
+        if config is None:
+            return saved
+        for key in _IDENTITY:
+            a, b = getattr(saved, key), getattr(config, key)
+            if a != b:
+                raise EmovecError(f"{run_dir} was started with {key}={a!r}, not {b!r}; resume with the same settings or use a new run directory")
+        merged = dataclasses.replace(config, per_emotion=max(saved.per_emotion, config.per_emotion))
+        if write:
+            write_json(path, dataclasses.asdict(merged))
+        return merged
+    if config is None:
+        raise EmovecError(f"{run_dir} is not a run directory (no {RUN_FILE}); start one with `emovec run {run_dir}`")
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, dataclasses.asdict(config))
+    return config
+
+
+def check_model_for_run(lm: LanguageModel, cfg: RunConfig) -> None:
+    """Refuse, before anything is written, a run the model cannot do (writing needs a chat template)."""
+    writes = not cfg.import_stories or cfg.n_neutral > 0
+    if writes and not lm.has_chat_template:
+        raise EmovecError(f"{lm.name} has no chat template, so it cannot write stories or dialogues; use an instruct "
+                          "model, or --import stories written elsewhere with --n-neutral 0")
+
+
+def clean_stale_temps(run_dir: str | Path) -> int:
+    """Delete temporary files left by a writer that was killed mid-write (never read; safe to drop)."""
+    removed = 0
+    for tmp in list(Path(run_dir).glob(".*.tmp")) + list(Path(run_dir).glob("activations/.*.tmp")):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def run_emotions(cfg: RunConfig) -> list[str]:
+    """The emotions a run works on: its concept list, narrowed to `cfg.emotions` if given."""
+    concepts = load_concepts(cfg.concepts)
+    return resolve_emotions(cfg.emotions, concepts) if cfg.emotions else concepts
+
+
+def run_model(cfg: RunConfig) -> LanguageModel:
+    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+
+
+def make_backend(cfg: RunConfig, lm: LanguageModel) -> GenerationBackend:
+    """The corpus writer: `fast` (static cache, optional bf16 copy) or `hf` (plain transformers generate)."""
+    if cfg.backend == "hf":
+        return HFBackend(lm, batch_size=cfg.gen_batch_size)
+    if cfg.backend == "fast":
+        return FastBackend(lm, batch_size=cfg.gen_batch_size, dtype=cfg.gen_dtype)
+    raise EmovecError(f"unknown generation backend {cfg.backend!r}: use fast or hf")
+
+
+def keep_layers(cfg: RunConfig, lm: LanguageModel) -> list[int]:
+    if cfg.keep_layers in (None, "all"):
+        return list(range(lm.n_layers))
+    if cfg.keep_layers == "two-thirds":
+        return [round(2 * lm.n_layers / 3)]
+    return [lm.check_layer(lay) for lay in cfg.keep_layers]  # type: ignore[union-attr]
+
+
+
+
+@dataclass
+class RunContext:
+    """A finished run opened for use: its settings, its model and its vectors (checked against each other)."""
+
+    run_dir: Path
+    config: RunConfig
+    lm: LanguageModel
+    vectors: EmotionVectors
+
+
+def load_run(run_dir: str | Path, lm: LanguageModel | None = None) -> RunContext:
+    """Open a run directory that has vectors: settings from `run.json`, the run's model (or `lm`), checked vectors."""
+    run_dir = Path(run_dir)
+    path = run_dir / VECTORS_FILE
+    if not path.exists():
+        raise EmovecError(f"{run_dir} has no {VECTORS_FILE}: build the vectors first (emovec run {run_dir})")
+    cfg = open_run(run_dir)
+    lm = lm or run_model(cfg)
+    return RunContext(run_dir, cfg, lm, EmotionVectors.load(path, model=lm))

@@ -1,0 +1,6 @@
+"""Validation analyses: the paper's evidence that the vectors are real, computed on any run.
+
+`analyses` (logit lens, geometry, layer sweep), `scenarios` (severity, implicit
+prompts, model comparison), `speakers` (speaker probes) and `runner`, which runs
+them on a run directory and saves the results under `RUN_DIR/analyses/`.
+"""

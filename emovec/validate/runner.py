@@ -1,0 +1,136 @@
+"""Run the validation analyses on a run directory: results saved as JSON under `RUN_DIR/analyses/`.
+
+Each analysis is computed once and saved atomically, so the report re-renders
+without the model; `summarize` gives the one line the CLI prints per result.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ..models import LanguageModel
+from ..rundir import VECTORS_FILE, open_run, run_model
+from ..steering import SteeringVector, steering_vector
+from ..storage import EmovecError, read_json, write_json
+from ..vectors import EmotionVectors
+from . import analyses as an
+from . import scenarios as sc
+
+ANALYSES = ("logit-lens", "geometry", "layer-sweep", "severity", "implicit")
+NEEDS_MODEL = {"logit-lens", "severity", "implicit"}
+PAPER = {"pc1_variance": 0.26, "pc1_valence_r": 0.81, "pc2_variance": 0.15, "pc2_arousal_r": 0.66, "n_words": 45}
+
+
+def analyses_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "analyses"
+
+
+def load_vectors(run_dir: Path) -> EmotionVectors:
+    """The run's vector file (not checked against a model: the caller does that when it has one)."""
+    return EmotionVectors.load(run_dir / VECTORS_FILE)
+
+
+def _compute(name: str, run_dir: Path, vecs: EmotionVectors, lm: LanguageModel | None) -> dict[str, Any]:
+    if name == "geometry":
+        return an.geometry(vecs)
+    if name == "layer-sweep":
+        rec = read_json(run_dir / "recognition.json") if (run_dir / "recognition.json").exists() else None
+        return an.layer_sweep(vecs, rec)
+    assert lm is not None
+    if name == "logit-lens":
+        layers = sorted({vecs.default_layer, max(vecs.layers)})
+        return {"layers": {str(lay): an.logit_lens(lm, vecs, layer=lay) for lay in layers}}
+    if name == "severity":
+        return sc.severity(lm, vecs)
+    return sc.implicit_prompts(lm, vecs)
+
+
+def run_analyses(run_dir: str | Path, lm: LanguageModel | None = None, only: list[str] | None = None,
+                 force: bool = False) -> dict[str, Any]:
+    """Compute the analyses missing from `RUN_DIR/analyses/` (all of `only`, or every one), save and return all.
+
+    The model is loaded from the run's settings only if a model-based analysis is
+    missing. An analysis that fails with an EmovecError is returned as {"error": ...}
+    and not saved, so the rest of the report still renders.
+    """
+    run_dir = Path(run_dir)
+    names = list(ANALYSES) if only is None else only
+    unknown = [n for n in names if n not in ANALYSES]
+    if unknown:
+        raise EmovecError(f"unknown analysis {unknown[0]!r}: use one of {', '.join(ANALYSES)}")
+    vecs = load_vectors(run_dir)
+    out: dict[str, Any] = {}
+    for name in names:
+        path = analyses_dir(run_dir) / f"{name}.json"
+        if path.exists() and not force:
+            out[name] = read_json(path)
+            continue
+        if name in NEEDS_MODEL and lm is None:
+            lm = run_model(open_run(run_dir))
+        if lm is not None:
+            vecs.check_model(lm)
+        try:
+            t = time.time()
+            result = _compute(name, run_dir, vecs, lm)
+            result["seconds"] = round(time.time() - t, 1)
+        except EmovecError as exc:
+            out[name] = {"error": str(exc)}
+            continue
+        write_json(path, result)
+        out[name] = result
+    return out
+
+
+def run_compare(run_dir: str | Path, lm_b: LanguageModel, steer_b: SteeringVector | str | list[str] | None = None, lm: LanguageModel | None = None,
+                layer: int | None = None, chat: bool = True) -> dict[str, Any]:
+    """Compare the run's model (a) with `lm_b` (optionally steered, e.g. "sad=0.1") on the built-in implicit scenarios.
+
+    Saves `analyses/compare.json`, which the report renders when present.
+    """
+    run_dir = Path(run_dir)
+    if lm is None:
+        lm = run_model(open_run(run_dir))
+    vecs = load_vectors(run_dir)
+    if steer_b is not None and not isinstance(steer_b, SteeringVector):
+        steer_b = steering_vector(vecs, steer_b) if steer_b else None
+    prompts = [r["text"] for r in sc.implicit_rows()]
+    result = sc.compare_models(lm, lm_b, vecs, prompts, layer=layer, steer_b=steer_b, chat=chat)
+    write_json(analyses_dir(run_dir) / "compare.json", result)
+    return result
+
+
+def summarize(name: str, r: dict[str, Any]) -> str:
+    """One line of key numbers (with sample sizes) for an analysis result, for the CLI."""
+    if "error" in r:
+        return f"{name}: not available ({r['error']})"
+    if name == "geometry":
+        c = r["correlations"].get("pc1_valence", {})
+        n = (r.get("norms") or {}).get("n_matched", 0)
+        return (f"geometry (layer {r['layer']}, {r['n_emotions']} emotions): PC1 {r['explained_variance'][0]:.0%} of variance, "
+                f"r with valence {_fmt(c.get('pearson'))} (n={n}; paper 26%, r=0.81, n=45)")
+    if name == "layer-sweep":
+        return f"layer sweep: best layer by held-out top-1 {r['best_layer']}, by PC1-valence r {r['best_valence_layer']}, 2/3 depth {r['two_thirds_layer']}"
+    if name == "logit-lens":
+        lay = r["layers"][max(r["layers"], key=int)]
+        e = next(iter(lay["emotions"]))
+        return f"logit lens (layers {', '.join(r['layers'])}): e.g. {e} -> " + " ".join(t.strip() for t, _ in lay["emotions"][e]["promoted"][:6])
+    if name == "severity":
+        return f"severity (layer {r['layer']}): direction as expected in {r['n_agree']} of {r['n_tests']} (template, emotion) pairs, n=8 quantities each"
+    if name == "implicit":
+        return (f"implicit scenarios (n={r['n']}, layer {r['layer']}): intended emotion top-1 {r['top1']:.0%} "
+                f"(chance {r['chance_top1']:.0%}), top-5 {r['top5']:.0%} (chance {r['chance_top5']:.0%})")
+    if name == "compare":
+        return f"compare ({r['n_prompts']} prompts, layer {r['layer']}): risers {', '.join(r['risers'])}; fallers {', '.join(r['fallers'])}"
+    if name == "speakers":
+        st = r.get("stories") or {}
+        story = (f"; story vectors vs present {_fmt(st['present']['mean'])}, vs other {_fmt(st['other']['mean'])} "
+                 f"(closer to present for {st['n_closer_to_present']} of {st['n_emotions']})") if st else ""
+        return (f"speaker probes ({r['n_dialogues']} dialogues, {r['n_turns']} turns, {len(r['emotions'])} emotions, layer {r['layer']}): "
+                f"present vs other cosine mean {_fmt(r['present_other']['mean'])} (paper: nearly orthogonal){story}")
+    return name
+
+
+def _fmt(x: Any, spec: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, spec) if isinstance(x, float) else str(x)
