@@ -21,9 +21,9 @@ import torch
 from emovec import EmotionVectors, SteeringVector, load_concepts, load_model
 from emovec.activations import length_sorted_batches, pool_texts, tokenize
 from emovec.corpus import story_jobs
-from emovec.generation import FastBackend, HFBackend, Sampling, bf16_pays, decode
-from emovec.monitor import Monitor
-from emovec.pipeline import QUICK_EMOTIONS
+from emovec.generation import BF16_MIN_SPEEDUP, FastBackend, HFBackend, Sampling, bf16_speedup, decode
+from emovec.live.monitor import Monitor
+from emovec.rundir import QUICK_EMOTIONS
 from emovec.storage import write_json
 
 
@@ -52,10 +52,10 @@ def gen_rate(backend, prompts, sampling, lm) -> dict:
 def texts_for(n: int) -> list[str]:
     """`n` story texts (the demo run's kept stories if present, else the test stories), repeated as needed."""
     src = Path("runs/demo/stories.jsonl")
-    rows = [json.loads(l) for l in src.read_text().splitlines() if l.strip()] if src.exists() else []
+    rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()] if src.exists() else []
     texts = [r["text"] for r in rows if r.get("kept")]
     if not texts:
-        texts = [json.loads(l)["text"] for l in Path("tests/data/stories_small.jsonl").read_text().splitlines() if l.strip()]
+        texts = [json.loads(line)["text"] for line in Path("tests/data/stories_small.jsonl").read_text().splitlines() if line.strip()]
     return (texts * (n // len(texts) + 1))[:n]
 
 
@@ -165,7 +165,7 @@ def main() -> None:
     prompts = [lm.chat(j.prompt()) + j.prime() for j in jobs]  # what the quick preset asks (primed stories)
     sampling = Sampling(max_new_tokens=args.new_tokens)
     gen = {"hf_generate (batch 48)": gen_rate(HFBackend(lm, batch_size=48), prompts, sampling, lm)}
-    bf16 = bf16_pays(lm)
+    bf16 = bf16_speedup(lm) >= BF16_MIN_SPEEDUP
     res["bf16_writer"] = {"pays_here": bf16, "note": "the default writer dtype 'auto' uses bf16 only where it pays"}
     backends = [(f"emovec fp32{'' if bf16 else ' (default)'}", FastBackend(lm, batch_size=args.batch))]
     if bf16:

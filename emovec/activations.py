@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -29,7 +30,7 @@ DEFAULT_START = 50
 
 def hidden_of(output: object) -> torch.Tensor:
     """The hidden-state tensor of a decoder layer's output (a tensor or a tuple starting with one)."""
-    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
+    return cast(torch.Tensor, output[0] if isinstance(output, tuple) else output)
 
 
 def with_hidden(output: object, hidden: torch.Tensor) -> object:
@@ -38,7 +39,8 @@ def with_hidden(output: object, hidden: torch.Tensor) -> object:
 
 
 @contextmanager
-def layer_hooks(lm: LanguageModel, layers: Sequence[int], fn: Callable[[int, nn.Module, tuple, object], object]) -> Iterator[None]:
+def layer_hooks(lm: LanguageModel, layers: Sequence[int],
+                fn: Callable[[int, nn.Module, tuple[Any, ...], object], object]) -> Iterator[None]:
     """Register `fn(layer_index, module, inputs, output)` as a forward hook on each layer; always removed."""
     handles = []
     try:
@@ -66,10 +68,9 @@ def pool_mask(attention_mask: torch.Tensor, start: int = DEFAULT_START) -> torch
 
 
 def tokenize(lm: LanguageModel, texts: Sequence[str], max_tokens: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch encoding of plain texts (no chat template)."""
-    tok = lm.tokenizer
-    tok.padding_side = "right"
-    enc = tok(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
+    """Right-padded batch encoding of plain texts (no chat template); the shared tokenizer is left as it was."""
+    enc = lm.tokenizer(list(texts), return_tensors="pt", padding=True, padding_side="right", truncation=True,
+                       max_length=max_tokens)
     return {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
@@ -81,13 +82,13 @@ def residuals(lm: LanguageModel, enc: dict[str, torch.Tensor], layer: int) -> to
     """
     grabbed: dict[str, torch.Tensor] = {}
 
-    def grab(_idx: int, _m: nn.Module, _i: tuple, out: object) -> None:
+    def grab(_idx: int, _m: nn.Module, _i: tuple[Any, ...], out: object) -> None:
         grabbed["h"] = hidden_of(out).detach().float().cpu()
         raise _StopForward
 
     with layer_hooks(lm, [lm.check_layer(layer)], grab):
         try:
-            lm.model.base_model(**enc, use_cache=False)
+            cast(Any, lm.model).base_model(**enc, use_cache=False)  # a PreTrainedModel attribute
         except _StopForward:
             pass
     return grabbed["h"]
@@ -119,7 +120,7 @@ def pool_batch(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], s
     norm_sum: dict[int, float] = {}
     last = max(layers)
 
-    def grab(idx: int, _m: nn.Module, _i: tuple, out: object) -> None:
+    def grab(idx: int, _m: nn.Module, _i: tuple[Any, ...], out: object) -> None:
         h = hidden_of(out).to(torch.float32)
         pooled[idx] = (torch.bmm(weights[:, None, :], h)[:, 0] / counts).cpu()  # no [batch, seq, d] temporary
         norm_sum[idx] = float((torch.linalg.vector_norm(h, dim=-1) * sink_free).sum())
@@ -128,7 +129,7 @@ def pool_batch(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], s
 
     with layer_hooks(lm, layers, grab):
         try:
-            lm.model.base_model(**enc, use_cache=False)
+            cast(Any, lm.model).base_model(**enc, use_cache=False)  # a PreTrainedModel attribute
         except _StopForward:
             pass
     return PooledBatch(pooled=pooled, norm_sum=norm_sum, norm_count=int(sink_free.sum()))
@@ -142,7 +143,8 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 @torch.inference_mode()
 def pool_texts(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], start: int = DEFAULT_START,
-               batch_size: int = 16, max_tokens: int = 512, progress: bool = False, desc: str = "activations") -> tuple[torch.Tensor, torch.Tensor, int]:
+               batch_size: int = 16, max_tokens: int = 512, progress: bool = False,
+               desc: str = "activations") -> tuple[torch.Tensor, torch.Tensor, int]:
     """Pooled activations of many texts: ([n_texts, n_layers, d_model], token-norm sums [n_layers], token count)."""
     if not texts:
         raise EmovecError("no texts to read activations from (empty corpus)")
@@ -161,6 +163,7 @@ def pool_texts(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], s
 
 
 def shard_name(kind: str, index: int) -> str:
+    """File name of shard `index` of a corpus kind; zero-padded so shards sort in order."""
     return f"{kind}-{index:05d}.safetensors"
 
 
@@ -224,7 +227,7 @@ class CorpusActivations:
         return (self.norm_sum / max(self.norm_count, 1)).to(torch.float32)
 
 
-def extract_corpus(lm: LanguageModel, rows: Sequence[dict], out_dir: str | Path, kind: str,
+def extract_corpus(lm: LanguageModel, rows: Sequence[dict[str, Any]], out_dir: str | Path, kind: str,
                    layers: Sequence[int] | None = None, keep_layers: Sequence[int] | None = None,
                    start: int = DEFAULT_START, batch_size: int = 16, shard_size: int = 256,
                    max_tokens: int = 512, progress: bool = True) -> CorpusActivations:
@@ -270,16 +273,17 @@ def extract_corpus(lm: LanguageModel, rows: Sequence[dict], out_dir: str | Path,
     return load_corpus_activations(out_dir, kind)
 
 
-def _shard_matches(path: Path, ids: list[str], spec: dict) -> bool:
+def _shard_matches(path: Path, ids: list[str], spec: dict[str, Any]) -> bool:
     """True if an existing shard holds exactly these texts with these settings (a damaged one is redone)."""
     try:
         meta = read_shard_meta(path)
-        return json.loads(meta.get("ids", "[]")) == ids and json.loads(meta.get("spec", "{}")) == spec
+        return bool(json.loads(meta.get("ids", "[]")) == ids and json.loads(meta.get("spec", "{}")) == spec)
     except (EmovecError, json.JSONDecodeError):
         return False
 
 
-def _check_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[dict, list[str], list[str], list[str]]:
+def _check_shard(path: Path, tensors: dict[str, torch.Tensor],
+                 meta: dict[str, str]) -> tuple[dict[str, Any], list[str], list[str], list[str]]:
     """Validate one shard's metadata against its tensors; return (spec, groups, ids, labels)."""
     def bad(why: str) -> EmovecError:
         return _damaged(path, why)
@@ -326,8 +330,12 @@ def load_corpus_activations(out_dir: str | Path, kind: str) -> CorpusActivations
         raise EmovecError(f"no {kind} activations in {out_dir}; run `emovec extract` first")
     ids: list[str] = []
     labels: list[str] = []
-    pooled, sums, counts = [], {}, {}
-    norm_sum, norm_count, spec = None, 0, None
+    pooled: list[torch.Tensor] = []
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    norm_sum: torch.Tensor | None = None
+    norm_count = 0
+    spec: dict[str, Any] | None = None
     for path in paths:
         tensors, meta = read_shard(path)
         shard_spec, groups, shard_ids, shard_labels = _check_shard(path, tensors, meta)
@@ -342,6 +350,7 @@ def load_corpus_activations(out_dir: str | Path, kind: str) -> CorpusActivations
             counts[name] = counts.get(name, 0) + int(tensors["counts"][g])
         norm_sum = tensors["norm_sum"] if norm_sum is None else norm_sum + tensors["norm_sum"]
         norm_count += int(tensors["norm_count"])
+    assert spec is not None and norm_sum is not None  # `paths` is not empty, so the loop ran
     return CorpusActivations(layers=spec["layers"], keep_layers=spec["keep_layers"], ids=ids, labels=labels,
                              pooled=torch.cat(pooled), sums=sums, counts=counts, norm_sum=norm_sum,
                              norm_count=norm_count, start=spec["start"])

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from . import report as report_layer
 from ._version import __version__
+from .experiments import EXPERIMENTS
 from .experiments.blackmail import run_blackmail
 from .experiments.hacking import run_reward_hacking
 from .experiments.preferences import run_preferences
@@ -20,14 +22,17 @@ from .generation import Sampling, generate_text
 from .live.monitor import Monitor, parse_rules, render_terminal
 from .live.server import serve as run_server
 from .models import load_model
-from .pipeline import stage_extract, stage_recognition, stage_stories
+from .pipeline import prepare, stage_extract, stage_recognition, stage_stories
+from .provenance import run_lock
 from .readout import score_text, top_emotions
-from .rundir import RUN_FILE, VECTORS_FILE, check_model_for_run, make_config, open_run, run_model
+from .rundir import RUN_FILE, VECTORS_FILE, make_config, open_run, run_model
 from .steering import steering_vector
 from .storage import EmovecError, atomic_path, read_json
 from .validate.runner import analyses_dir, run_analyses, run_compare, summarize
 from .validate.speakers import run_speaker_probes
 from .vectors import EmotionVectors
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _fail(msg: str) -> None:
@@ -37,7 +42,6 @@ def _fail(msg: str) -> None:
 
 class _Group(click.Group):
     """Turns EmovecError (and Ctrl-C) into one line on stderr and a non-zero exit."""
-
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -52,17 +56,37 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="emovec")
 def main() -> None:
     """Find, validate, monitor and steer emotion vectors in language models."""
+    from transformers.utils import logging as hf_logging
+
+    disable_bars: Callable[[], None] = hf_logging.disable_progress_bar  # unannotated in transformers
+    disable_bars()  # a 0.1 s "Loading weights" bar is noise on every command
+    if not logging.getLogger("emovec").handlers:  # library notes (e.g. emotions left without stories) go to stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        logging.getLogger("emovec").addHandler(handler)
+        logging.getLogger("emovec").setLevel(logging.INFO)
 
 
-def model_options(f: Callable) -> Callable:
+def model_options(f: _F) -> _F:
+    """The options that pick and place the model (--model, --device, --dtype, --trust-remote-code), shared by commands."""
     f = click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, mps)")(f)
     f = click.option("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU)")(f)
+    f = click.option("--trust-remote-code", is_flag=True, default=None,
+                     help="allow a model directory's own code to run (only for models you trust)")(f)
     f = click.option("--model", "model", default=None,
                      help="smollm2-135m (embedded default), a local HF model directory, or a .gguf file")(f)
     return f
 
 
-def run_options(f: Callable) -> Callable:
+def allow_drift_option(f: _F) -> _F:
+    """--allow-drift: resume a run under other library versions, CPU class or model files, knowingly."""
+    return click.option("--allow-drift", is_flag=True, default=False,
+                        help="resume even though versions, CPU class or model files differ from the run's start "
+                             "(recorded in run.json)")(f)
+
+
+def run_options(f: _F) -> _F:
+    """The options that make a run's settings (preset, corpus size, seeds, batch sizes), plus the model options."""
     opts = [
         click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default=None,
                      help="corpus size preset (quick: 20 emotions x 32 stories; standard: 171 x 15; paper: 171 x 1200)"),
@@ -74,6 +98,12 @@ def run_options(f: Callable) -> Callable:
         click.option("--n-neutral", type=click.IntRange(min=0), default=None, help="neutral dialogues to generate"),
         click.option("--import", "import_stories", default=None,
                      help="JSONL of {emotion, text} written elsewhere, used instead of generating stories"),
+        click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=None,
+                     help="story length budget in tokens"),
+        click.option("--temperature", type=click.FloatRange(min=0, max=2), default=None, help="writer temperature"),
+        click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=None, help="writer top-p"),
+        click.option("--prime/--no-prime", default=None,
+                     help="start each story with a sentence naming the emotion (removed before storing)"),
         click.option("--token-start", type=click.IntRange(min=1), default=None, help="first pooled token position"),
         click.option("--denoise-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
                      help="neutral variance explained by the projected-out components"),
@@ -86,13 +116,11 @@ def run_options(f: Callable) -> Callable:
     ]
     for opt in reversed(opts):
         f = opt(f)
-    return model_options(f)
+    return allow_drift_option(model_options(f))
 
 
 def _config(run_dir: str, preset: str | None, emotions: str | None, **kw: Any) -> Any:
     """The run's settings: a new run from preset + options, or a stored run with the options given on top."""
-
-
     given = {k: v for k, v in kw.items() if v is not None}
     if emotions:
         given["emotions"] = [e.strip() for e in emotions.split(",") if e.strip()]
@@ -123,7 +151,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         n_emo = s.get("n_vectors", r["n_emotions"])
         hits1 = sum(p["rank_of_intended"] == 1 for p in ranked)
         hits3 = sum(p["rank_of_intended"] <= 3 for p in ranked)
-        click.echo(f"\nheld-out sentences (not used for training; scores centred over the set), {len(ranked)} with an emotion in the set: intended "
+        click.echo(f"\nheld-out sentences (not used for training; scores centred over the set), {len(ranked)} with an emotion "
+                   "in the set: intended "
                    f"ranked 1st for {hits1} (chance {len(ranked) / n_emo:.1f}), top-3 for {hits3} (chance {3 * len(ranked) / n_emo:.1f})")
     for p in s["probes"][:: max(1, len(s["probes"]) // 8)][:8]:
         top = ", ".join(f"{e} {v:+.2f}" for e, v in p["top"])
@@ -137,39 +166,37 @@ def _print_summary(s: dict[str, Any]) -> None:
 @main.command()
 @click.argument("run_dir")
 @run_options
-def run(run_dir: str, model: str | None, device: str, dtype: str | None, **kw: Any) -> None:
+def run(run_dir: str, model: str | None, device: str, dtype: str | None, allow_drift: bool, **kw: Any) -> None:
     """Whole pipeline into RUN_DIR: stories, neutral corpus, activations, vectors, recognition (resumable)."""
-
     cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
-    summary = report_layer.run(run_dir, cfg)
+    summary = report_layer.run(run_dir, cfg, allow_drift=allow_drift)
     _print_summary(summary)
 
 
 @main.command()
 @click.argument("run_dir")
 @run_options
-def stories(run_dir: str, model: str | None, device: str, dtype: str | None, **kw: Any) -> None:
+def stories(run_dir: str, model: str | None, device: str, dtype: str | None, allow_drift: bool, **kw: Any) -> None:
     """Generate (or --import) the story and neutral corpora into RUN_DIR (resumable)."""
-
     cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
-    lm = run_model(cfg)
-    check_model_for_run(lm, cfg)
-    cfg = open_run(run_dir, cfg)
-    click.echo(json.dumps(stage_stories(run_dir, cfg, lm), indent=2))
+    with run_lock(run_dir):
+        cfg, lm = prepare(run_dir, cfg, allow_drift=allow_drift)
+        click.echo(json.dumps(stage_stories(run_dir, cfg, lm), indent=2))
 
 
 @main.command()
 @click.argument("run_dir")
 @click.option("--device", default=None, help="torch device (default: the run's)")
-def extract(run_dir: str, device: str | None) -> None:
+@allow_drift_option
+def extract(run_dir: str, device: str | None, allow_drift: bool) -> None:
     """Pool activations of RUN_DIR's corpora and write vectors.safetensors (resumable)."""
-
-
-    cfg = open_run(run_dir)
-    if device:
-        cfg = dataclasses.replace(cfg, device=device)
-    vectors = stage_extract(run_dir, cfg, run_model(cfg))
-    recog = stage_recognition(run_dir, cfg)
+    with run_lock(run_dir):
+        cfg = open_run(run_dir)
+        if device:
+            cfg = dataclasses.replace(cfg, device=device)
+        cfg, lm = prepare(run_dir, cfg, allow_drift=allow_drift)
+        vectors = stage_extract(run_dir, cfg, lm)
+        recog = stage_recognition(run_dir, cfg)
     click.echo(f"wrote {Path(run_dir) / VECTORS_FILE}: {len(vectors.emotions)} emotions x {len(vectors.layers)} layers")
     for row in recog["layers"]:
         if row["layer"] in (vectors.default_layer, recog["best_layer"]):
@@ -177,13 +204,14 @@ def extract(run_dir: str, device: str | None) -> None:
                        f"(chance {recog['chance_top1']:.1%} / {recog['chance_top5']:.1%})")
 
 
-def _load(vectors: str, model: str | None, device: str, dtype: str | None) -> tuple[Any, Any]:
-
+def _load(vectors: str, model: str | None, device: str, dtype: str | None,
+          trust_remote_code: bool | None = None) -> tuple[Any, Any]:
     path = Path(vectors)
     if path.is_dir():
         path = path / VECTORS_FILE
     vecs = EmotionVectors.load(path)
-    lm = load_model(model or vecs.meta.get("model_source") or "smollm2-135m", device=device, dtype=dtype)
+    lm = load_model(model or vecs.meta.get("model_source") or "smollm2-135m", device=device, dtype=dtype,
+                    trust_remote_code=bool(trust_remote_code))
     vecs.check_model(lm)
     return vecs, lm
 
@@ -201,10 +229,10 @@ vectors_option = click.option("--vectors", "-v", required=True, help="vector fil
 @click.option("--csv", "csv_path", default=None, help="also write the full tokens x emotions table here")
 @model_options
 def score(text: str, vectors: str, layer: int | None, emotions: str | None, top: int, method: str,
-          csv_path: str | None, model: str | None, device: str, dtype: str | None) -> None:
+          csv_path: str | None, model: str | None, device: str, dtype: str | None,
+          trust_remote_code: bool | None) -> None:
     """Per-token emotion scores of TEXT (projection on unit vectors, centred; see README)."""
-
-    vecs, lm = _load(vectors, model, device, dtype)
+    vecs, lm = _load(vectors, model, device, dtype, trust_remote_code)
     df = score_text(lm, vecs, text, layer=layer, emotions=emotions, method=method)
     tops = top_emotions(df, k=min(top, len(df.columns) - 1))
     click.echo(tops.to_string())
@@ -225,10 +253,10 @@ def score(text: str, vectors: str, layer: int | None, emotions: str | None, top:
 @click.option("--raw", is_flag=True, help="do not apply the chat template")
 @model_options
 def generate(prompt: str, vectors: str, steer: tuple[str, ...], layers: str | None, max_new_tokens: int,
-             temperature: float, seed: int, raw: bool, model: str | None, device: str, dtype: str | None) -> None:
+             temperature: float, seed: int, raw: bool, model: str | None, device: str, dtype: str | None,
+          trust_remote_code: bool | None) -> None:
     """Generate a reply to PROMPT, optionally steered along emotion vectors."""
-
-    vecs, lm = _load(vectors, model, device, dtype)
+    vecs, lm = _load(vectors, model, device, dtype, trust_remote_code)
     sv = steering_vector(vecs, list(steer), layers)
     with sv.apply(lm):
         text = generate_text(lm, prompt, Sampling(max_new_tokens=max_new_tokens, temperature=temperature), seed=seed,
@@ -242,7 +270,6 @@ def generate(prompt: str, vectors: str, steer: tuple[str, ...], layers: str | No
 @click.argument("path")
 def info(path: str) -> None:
     """Describe a vector file or a run directory."""
-
     p = Path(path)
     if p.is_dir():
         if not (p / RUN_FILE).exists():
@@ -264,7 +291,6 @@ def info(path: str) -> None:
 @click.option("--force", is_flag=True, help="recompute results that already exist")
 def analyze(run_dir: str, only: str | None, force: bool) -> None:
     """Run the validation analyses on RUN_DIR; results go to RUN_DIR/analyses/*.json."""
-
     results = run_analyses(run_dir, only=[x.strip() for x in only.split(",") if x.strip()] if only else None, force=force)
     for name, result in results.items():
         click.echo(summarize(name, result))
@@ -276,7 +302,6 @@ def analyze(run_dir: str, only: str | None, force: bool) -> None:
 @click.option("--no-compute", is_flag=True, help="render only the analyses already saved (no model needed)")
 def report(run_dir: str, no_compute: bool) -> None:
     """Write RUN_DIR/report.html (self-contained), computing missing analyses first."""
-
     click.echo(f"report: {report_layer.write_report(run_dir, compute=not no_compute)}")
 
 
@@ -288,7 +313,6 @@ def report(run_dir: str, no_compute: bool) -> None:
 @click.option("--base", is_flag=True, help="read plain prompts without the chat template (for base models)")
 def compare(run_dir: str, model_b: str, steer_b: tuple[str, ...], layer: int | None, base: bool) -> None:
     """Which emotions rise and fall from the run's model to MODEL_B on the same prompts (analyses/compare.json)."""
-
     cfg = open_run(run_dir)
     lm = run_model(cfg)
     lm_b = lm if model_b == cfg.model else load_model(model_b, device=cfg.device, dtype=cfg.dtype)
@@ -309,10 +333,10 @@ def compare(run_dir: str, model_b: str, steer_b: tuple[str, ...], layer: int | N
 @model_options
 def monitor(prompt: str, vectors: str, emotion: str, alert: tuple[str, ...], guard: str | None, layer: int | None,
             max_new_tokens: int, temperature: float, seed: int, trace_path: str | None, model: str | None,
-            device: str, dtype: str | None) -> None:
+            device: str, dtype: str | None,
+          trust_remote_code: bool | None) -> None:
     """Generate a reply to PROMPT, printing it coloured by an emotion's z-score, with alerts."""
-
-    vecs, lm = _load(vectors, model, device, dtype)
+    vecs, lm = _load(vectors, model, device, dtype, trust_remote_code)
     emotion = vecs.resolve([emotion])[0]
     mon = Monitor(lm, vecs, layer=layer, rules=parse_rules(list(alert), vecs.emotions), guard=guard)
     trace = mon.generate(prompt, Sampling(max_new_tokens=max_new_tokens, temperature=temperature), seed=seed)[0]
@@ -330,10 +354,10 @@ def monitor(prompt: str, vectors: str, emotion: str, alert: tuple[str, ...], gua
 @click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
 @click.option("--layer", type=int, default=None, help="monitored and steered layer (default: the vectors' default)")
 @model_options
-def serve(vectors: str, host: str, port: int, layer: int | None, model: str | None, device: str, dtype: str | None) -> None:
+def serve(vectors: str, host: str, port: int, layer: int | None, model: str | None, device: str, dtype: str | None,
+          trust_remote_code: bool | None) -> None:
     """Serve the live monitor page: type a prompt, watch tokens coloured by emotion, steer with sliders."""
-
-    vecs, lm = _load(vectors, model, device, dtype)
+    vecs, lm = _load(vectors, model, device, dtype, trust_remote_code)
     click.echo(f"emovec monitor on http://{host}:{port}/  (Ctrl-C to stop)", err=True)
     run_server(lm, vecs, host=host, port=port, layer=layer)
 
@@ -345,7 +369,6 @@ def serve(vectors: str, host: str, port: int, layer: int | None, model: str | No
 @click.option("--emotions", default=None, help="comma-separated emotions (default: happy,sad,afraid,angry,calm,desperate where in the run)")
 def speakers(run_dir: str, per_pair: int, emotions: str | None) -> None:
     """Speaker probes: write emotional Human/Assistant dialogues (resumable) and compare present/other-speaker vectors."""
-
     result, rows = run_speaker_probes(run_dir, per_pair, emotions)
     kept = sum(bool(r.get("kept")) for r in rows)
     click.echo(f"dialogues: {kept} kept of {len(rows)} written in {Path(run_dir) / 'speakers.jsonl'}")
@@ -361,7 +384,8 @@ def experiment() -> None:
 @experiment.command("preferences")
 @click.argument("run_dir")
 @click.option("--emotions", default=None, help="comma-separated emotions correlated with Elo (default: all in the run)")
-@click.option("--steer", default=None, help="comma-separated emotions to steer with (default: --n-vectors spread over the correlation range)")
+@click.option("--steer", default=None,
+              help="comma-separated emotions to steer with (default: --n-vectors spread over the correlation range)")
 @click.option("--n-vectors", type=click.IntRange(min=0), default=4, show_default=True, help="vectors to steer when --steer is not given")
 @click.option("--strength", type=float, default=0.5, show_default=True, help="steering strength on the activity tokens (paper: 0.5)")
 @click.option("--layers", default=None, help="steered layers, e.g. 18-22 (default: the vectors' default layer)")
@@ -375,24 +399,11 @@ def experiment_preferences(run_dir: str, emotions: str | None, steer: str | None
                            layers: str | None, steer_prompts: int, per_group: int | None, activities_file: str | None,
                            seed: int, batch_size: int) -> None:
     """Activity preferences: Elo from all ordered pairs, its correlation with emotion activations, and steering shifts."""
-
     s = run_preferences(run_dir, emotions=emotions, steer=steer, n_vectors=n_vectors, strength=strength, layers=layers,
                         steer_prompts=steer_prompts or None, per_group=per_group, activities_file=activities_file,
                         seed=seed, batch_size=batch_size)
-    pb = s["position_bias"]
-    click.echo(f"{s['n_activities']} activities, {s['n_prompts_unsteered']} ordered pairs; first option chosen "
-               f"{pb['first_chosen']['rate']:.2f}, same winner in both orders {pb['order_consistent_pairs']['rate']:.2f}")
-    click.echo("group Elo: " + "  ".join(f"{g} {v:+.0f}" for g, v in s["group_elo"].items()))
-    corr = [c for c in s["correlations"] if c["r"] is not None]
-    for c in corr[:3] + corr[-3:]:
-        click.echo(f"  {c['emotion']:>14}: r = {c['r']:+.2f} (n = {c['n']}, p = {c['p']:.2g})")
-    for v in s["steering"]["vectors"]:
-        lo, hi = v["shift_ci95"]
-        click.echo(f"  steer {v['emotion']:>10}: Elo shift {v['shift_elo']:+.1f} [{lo:+.1f}, {hi:+.1f}] (r_pref {v['r_preference']:+.2f})")
-    svr = s["steering"]["shift_vs_r"]
-    if svr["r"] is not None:
-        click.echo(f"shift vs preference correlation: r = {svr['r']:+.2f} (n = {svr['n']}, p = {svr['p']:.2g})")
-    click.echo(f"results: {Path(run_dir) / 'experiments' / 'preferences'} ({s['timings']['total_s']:.0f} s)")
+    for line in EXPERIMENTS["preferences"].result_lines(s, run_dir):
+        click.echo(line)
 
 
 @experiment.command("blackmail")
@@ -414,15 +425,11 @@ def experiment_blackmail(run_dir: str, n: int, emotions: str | None, strengths: 
                          max_new_tokens: int, batch_size: int, temperature: float, guard: str | None, guard_alert: str,
                          scenario: str | None, prefill: str) -> None:
     """Blackmail scenario: rate (Wilson 95%) over N samples, unsteered and under a steering sweep."""
-
     s = run_blackmail(run_dir, n=n, emotions=emotions, strengths=strengths, layers=layers, seed=seed,
                       max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, guard=guard,
                       guard_alert=guard_alert, scenario=scenario, prefill=prefill)
-    for c in s["conditions"]:
-        lo, hi = c["ci95"]
-        read = "  ".join(f"{e}={m['mean']:+.3f}" for e, m in c["readout"].items() if m["mean"] is not None)
-        click.echo(f"{c['label']:>22}: {c['k']}/{c['n']} = {c['rate']:.2f} [{lo:.2f}, {hi:.2f}]  {read}")
-    click.echo(f"results: {Path(run_dir) / 'experiments' / 'blackmail'} ({s['timing']['total_seconds']:.0f} s)")
+    for line in EXPERIMENTS["blackmail"].result_lines(s, run_dir):
+        click.echo(line)
 
 
 @experiment.command("reward-hacking")
@@ -442,21 +449,11 @@ def experiment_reward_hacking(run_dir: str, n: int, attempts: int, tasks: str | 
                               strengths: str, layers: str | None, seed: int, max_new_tokens: int, batch_size: int,
                               temperature: float) -> None:
     """Impossible coding tasks: hack rate (Wilson 95%) under a steering sweep, readout by attempt (sandboxed)."""
-
     s = run_reward_hacking(run_dir, n=n, emotions=emotions, strengths=strengths, layers=layers, attempts=attempts,
                            tasks=tasks, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
                            batch_size=batch_size, progress=True)
-    for c in s["conditions"]:
-        h = c["hack"]
-        lo, hi = h["ci95"] or (float("nan"), float("nan"))
-        kinds = ", ".join(f"{k} {v}" for k, v in c["kinds"].items()) or "-"
-        click.echo(f"{c['condition']:>16}: hacked {h['k']}/{h['n']} = {h['rate'] or 0:.2f} [{lo:.2f}, {hi:.2f}]  "
-                   f"all tests green {c['green']['k']}  kinds: {kinds}")
-    for r in s["readout_by_attempt"]:
-        if r["scope"] == "all" and r["n"]:
-            read = "  ".join(f"{e}={r[e]:+.3f}" for e in s["settings"]["readout"] if r[e] is not None)
-            click.echo(f"attempt {r['attempt']} (n={r['n']}): {read}")
-    click.echo(f"results: {Path(run_dir) / 'experiments' / 'reward-hacking'} ({s['timing']['seconds_this_call']:.0f} s)")
+    for line in EXPERIMENTS["reward-hacking"].result_lines(s, run_dir):
+        click.echo(line)
 
 
 if __name__ == "__main__":

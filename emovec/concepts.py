@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def load_concepts(source: str | Path | None = None) -> list[str]:
     return _parse(text, str(path))
 
 
-def resolve_emotions(names: str | list[str], known: list[str]) -> list[str]:
+def resolve_emotions(names: str | Sequence[str], known: list[str]) -> list[str]:
     """Check user-given emotion names against `known`; suggest the nearest names when one is unknown."""
     if isinstance(names, str):
         names = [n for n in re.split(r"\s*,\s*", names.strip()) if n]

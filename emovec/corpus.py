@@ -36,7 +36,8 @@ MIN_WORDS = 40
 @lru_cache(maxsize=1)
 def prompts() -> dict[str, Any]:
     """The prompt templates and character names (package data `prompts.json`)."""
-    return json.loads(resources.files("emovec").joinpath("data/prompts.json").read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads(resources.files("emovec").joinpath("data/prompts.json").read_text(encoding="utf-8"))
+    return data
 
 
 @lru_cache(maxsize=1)
@@ -81,7 +82,8 @@ def emotion_forms(emotion: str) -> set[str]:
 
 def names_emotion(text: str, emotion: str) -> bool:
     """True if `text` contains the emotion word or one of its forms as a whole word."""
-    pattern = r"\b(?:" + "|".join(re.escape(f).replace(r"\ ", r"[\s-]+") for f in sorted(emotion_forms(emotion), key=len, reverse=True)) + r")\b"
+    forms = sorted(emotion_forms(emotion), key=len, reverse=True)
+    pattern = r"\b(?:" + "|".join(re.escape(f).replace(r"\ ", r"[\s-]+") for f in forms) + r")\b"
     return re.search(pattern, text, flags=re.IGNORECASE) is not None
 
 
@@ -129,14 +131,15 @@ class StoryJob:
         """The opening written into the assistant turn when priming is on (never stored with the story)."""
         p = prompts()
         key = "prime_first_person" if self.person == "first" else "prime_third_person"
-        return p[key].format(emotion=self.emotion, name=self.name)
+        return str(p[key].format(emotion=self.emotion, name=self.name))
 
     def prompt(self) -> str:
+        """The user-turn request for this job's story (or `n` stories), from the package templates."""
         p = prompts()
         if self.n > 1:
-            return p["story_many"].format(n=self.n, topic=self.topic, emotion=self.emotion)
+            return str(p["story_many"].format(n=self.n, topic=self.topic, emotion=self.emotion))
         key = "story_first_person" if self.person == "first" else "story_third_person"
-        return p[key].format(topic=self.topic, emotion=self.emotion, name=self.name)
+        return str(p[key].format(topic=self.topic, emotion=self.emotion, name=self.name))
 
 
 def story_jobs(emotions: Sequence[str], per_emotion: int, topic_list: Sequence[str] | None = None,
@@ -173,9 +176,11 @@ class CorpusReport:
 
     @property
     def drop_rate(self) -> float:
+        """Fraction of written rows the filters dropped (0 for an empty corpus)."""
         return 1 - self.kept / self.total if self.total else 0.0
 
     def summary(self) -> dict[str, Any]:
+        """JSON-ready counts for the CLI and run records, with the min/max kept stories per emotion."""
         out = {"file": str(self.path), "written": self.total, "kept": self.kept,
                "dropped": dict(self.dropped), "drop_rate": round(self.drop_rate, 4)}
         if set(self.per_emotion) != {"neutral"}:
@@ -243,7 +248,7 @@ def generate_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str
     path = Path(run_dir) / STORIES_FILE
     jobs = story_jobs(emotions, per_emotion, topic_list, stories_per_prompt, seed)
 
-    def rows_of(job: StoryJob, response: str) -> list[dict]:
+    def rows_of(job: StoryJob, response: str) -> list[dict[str, Any]]:
         stories = parse_stories(response, job.n)[: job.n] or [""]
         rows = []
         for i, text in enumerate(stories):
@@ -260,6 +265,8 @@ def generate_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str
 
 @dataclass
 class NeutralJob:
+    """One prompt to the writer model for a neutral (emotion-free) dialogue, the baseline for denoising."""
+
     id: str
     request: str
 
@@ -275,7 +282,7 @@ def generate_neutral(lm: LanguageModel, backend: GenerationBackend, run_dir: str
     jobs = [NeutralJob(id=f"neutral|{i}", request=order[i % len(order)]) for i in range(n)]
     system = prompts()["neutral_system"]
 
-    def rows_of(job: NeutralJob, answer: str) -> list[dict]:
+    def rows_of(job: NeutralJob, answer: str) -> list[dict[str, Any]]:
         ok = len(answer.split()) >= 10
         return [{"id": job.id, "job": job.id, "text": f"Human: {job.request}\n\nAssistant: {answer}",
                  "kept": ok, "reason": None if ok else "too_short", "source": "model"}]
@@ -316,7 +323,7 @@ def import_stories(source: str | Path, run_dir: str | Path, emotions: Sequence[s
     return corpus_report(out_path, emotions)
 
 
-def load_corpus(run_dir: str | Path, kind: str = "stories", emotions: Sequence[str] | None = None) -> list[dict]:
+def load_corpus(run_dir: str | Path, kind: str = "stories", emotions: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Kept rows of a run's story or neutral corpus, in file order (optionally only `emotions`)."""
     path = Path(run_dir) / (STORIES_FILE if kind == "stories" else NEUTRAL_FILE)
     if not path.exists():

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from tqdm.auto import tqdm
 
 from .activations import length_sorted_batches
 from .models import DTYPES, LanguageModel, cache_kw
+from .provenance import cached_probe
 from .storage import EmovecError
 
 
@@ -40,7 +41,9 @@ class Sampling:
 class GenerationBackend(Protocol):
     """Anything that can complete a batch of rendered prompts reproducibly from a seed."""
 
-    def generate(self, prompts: Sequence[str], sampling: Sampling, seed: int) -> list[str]: ...
+    def generate(self, prompts: Sequence[str], sampling: Sampling, seed: int) -> list[str]:
+        """Completions of `prompts` (in order); the same seed gives the same completions."""
+        ...
 
 
 @dataclass
@@ -53,16 +56,17 @@ class HFBackend:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], sampling: Sampling, seed: int) -> list[str]:
+        """Completions of `prompts` in input order; batch `b` is seeded with `seed + b`."""
         tok = self.lm.tokenizer
-        tok.padding_side = "left"
         lengths = [len(x) for x in tok(list(prompts), add_special_tokens=False)["input_ids"]]
         out: list[str] = [""] * len(prompts)
         batches = length_sorted_batches(lengths, self.batch_size)
         for b, idx in enumerate(tqdm(batches, desc="generate", unit="batch", disable=not self.progress)):
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(self.lm.device)
+            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, padding_side="left",
+                      add_special_tokens=False).to(self.lm.device)
             torch.manual_seed(seed + b)
             greedy = sampling.temperature <= 0
-            gen = self.lm.model.generate(
+            gen = cast(Any, self.lm.model).generate(  # a PreTrainedModel method, not on nn.Module
                 **enc, max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
                 temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
                 top_k=None if greedy else sampling.top_k, repetition_penalty=sampling.repetition_penalty, pad_token_id=tok.pad_token_id,
@@ -205,8 +209,10 @@ def _prefill_shared(model: Any, cache: Any, ids: torch.Tensor, mask: torch.Tenso
     model(input_ids=ids[:1, :p], attention_mask=mask[:1, :p], position_ids=pos[:1, :p], **cache_kw(model, small),
           use_cache=True, cache_position=torch.arange(p, device=ids.device), logits_to_keep=1, **extra)
     n = ids.shape[0]
-    for big, one in zip(cache.layers, small.layers):
+    for big, one in zip(cast("list[StaticLayer]", cache.layers), cast("list[StaticLayer]", small.layers)):  # checked above
+        assert one.keys is not None and one.values is not None  # filled by the forward pass just run
         big.lazy_initialization(one.keys.expand(n, -1, -1, -1), one.values.expand(n, -1, -1, -1))
+        assert big.keys is not None and big.values is not None  # allocated by lazy_initialization
         big.keys[:, :, :p] = one.keys
         big.values[:, :, :p] = one.values
         big.cumulative_length.fill_(p)
@@ -215,7 +221,8 @@ def _prefill_shared(model: Any, cache: Any, ids: torch.Tensor, mask: torch.Tenso
 
 def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generator: torch.Generator | None,
            model: Any = None, feed_last: bool = False, share_prefix: bool = True,
-           prefill_tokens: int = 1024) -> Iterator[DecodeStep]:
+           prefill_tokens: int = 1024,
+           step_context: Callable[[], AbstractContextManager[Any]] | None = None) -> Iterator[DecodeStep]:
     """The one decode loop of emovec: static KV cache, shared prompt prefix computed once,
     attention over the filled cache only, last-position logits only.
 
@@ -227,6 +234,10 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
     row in every pass (the shared prefix runs as a batch of one). The prompts are fed in
     chunks of about `prefill_tokens` tokens over all rows: one huge pass allocates
     temporaries so large that the page faults of touching them cost more than the maths.
+
+    `step_context` (e.g. readout or steering hooks) is entered around the model's forward
+    passes and left before every yield, so a caller that stops iterating never leaves the
+    model hooked; grad mode is likewise switched off only inside those passes.
     """
     from transformers import StaticCache
 
@@ -241,20 +252,34 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
     pos = (mask.cumsum(-1) - 1).clamp(min=0).to(dev)
     ids = ids.to(dev)
     finished = torch.zeros(n, dtype=torch.bool)
-    with torch.inference_mode(), _fast_attention(model) as sliced:
+
+    def passes() -> ExitStack:
+        """What is in force during the model's forward passes (and only then)."""
+        stack = ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if step_context is not None:
+            stack.enter_context(step_context())
+        return stack
+
+    with _fast_attention(model) as sliced:
         cache = StaticCache(config=model.config, max_cache_len=total)
         with_cache = cache_kw(model, cache)
-        kv = (lambda length: {"emovec_kv_len": length}) if sliced else (lambda length: {})
-        start = p if p and _prefill_shared(model, cache, ids, attn, pos, p, kv(p)) else 0
-        width = max(1, prefill_tokens // n)
-        for a in range(start, t0, width):  # chunked prefill: small temporaries instead of page-faulting huge ones
-            b = min(a + width, t0)
-            args = dict(input_ids=ids[:, a:b], attention_mask=attn[:, :b], position_ids=pos[:, a:b], **with_cache,
-                        use_cache=True, cache_position=torch.arange(a, b, device=dev), **kv(b))
-            if b < t0:
-                model.base_model(**args)  # no logits before the last chunk
-            else:
-                logits = model(**args, logits_to_keep=1).logits[:, -1]
+
+        def kv(length: int) -> dict[str, int]:
+            """Extra forward keywords: the filled cache length, when attention is sliced to it."""
+            return {"emovec_kv_len": length} if sliced else {}
+
+        with passes():
+            start = p if p and _prefill_shared(model, cache, ids, attn, pos, p, kv(p)) else 0
+            width = max(1, prefill_tokens // n)
+            for a in range(start, t0, width):  # chunked prefill: small temporaries instead of page-faulting huge ones
+                b = min(a + width, t0)
+                args = dict(input_ids=ids[:, a:b], attention_mask=attn[:, :b], position_ids=pos[:, a:b], **with_cache,
+                            use_cache=True, cache_position=torch.arange(a, b, device=dev), **kv(b))
+                if b < t0:
+                    model.base_model(**args)  # no logits before the last chunk
+                else:
+                    logits = model(**args, logits_to_keep=1).logits[:, -1]
         pos = pos[:, -1:]
         for step in range(sampling.max_new_tokens):
             nxt = sample_next(penalize(logits.float().cpu(), history[:, :t0 + step], sampling.repetition_penalty),
@@ -266,28 +291,24 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
             last = bool(finished.all()) or step == sampling.max_new_tokens - 1
             if not last or (feed_last and bool(live.any())):
                 pos = pos + 1
-                logits = model(input_ids=nxt[:, None].to(dev), attention_mask=attn[:, :t0 + step + 1], position_ids=pos,
-                               **with_cache, use_cache=True, cache_position=torch.tensor([t0 + step], device=dev),
-                               **kv(t0 + step + 1)).logits[:, -1]
+                with passes():
+                    logits = model(input_ids=nxt[:, None].to(dev), attention_mask=attn[:, :t0 + step + 1],
+                                   position_ids=pos, **with_cache, use_cache=True,
+                                   cache_position=torch.tensor([t0 + step], device=dev), **kv(t0 + step + 1)).logits[:, -1]
             yield DecodeStep(step, nxt, live)
             if last:
                 break
 
 
-_PROBED: dict[int, bool] = {}
-
-
-def bf16_pays(lm: LanguageModel, rows: int = 96) -> bool:
-    """Whether a bf16 copy of `lm` would decode faster here: True off the CPU, and on a CPU
-    only if a decode-shaped matmul ([rows, d] @ [d, 4d]) runs at least 1.3x faster in bf16.
+def bf16_speedup(lm: LanguageModel, rows: int = 96) -> float:
+    """How many times faster a decode-shaped matmul ([rows, d] @ [d, 4d]) runs in bf16 than in fp32 here.
 
     CPUs with native bf16 (AVX512-BF16, AMX) gain ~1.5-2x; on AVX2-only CPUs bf16 is
-    emulated and several times slower than fp32. Measured once per process and width.
+    emulated and several times slower. Measured once per machine class and width and
+    kept in the user cache (`provenance.cached_probe`), so a busy moment cannot flip a
+    later decision; runs record the dtype they chose and never re-probe.
     """
-    if lm.device.type != "cpu":
-        return True
-    key = lm.d_model
-    if key not in _PROBED:
+    def measure() -> float:
         def per_call(dt: torch.dtype, reps: int, rounds: int) -> float:
             a, b = torch.randn(rows, lm.d_model, dtype=dt), torch.randn(lm.d_model, 4 * lm.d_model, dtype=dt)
             a @ b
@@ -303,20 +324,41 @@ def bf16_pays(lm: LanguageModel, rows: int = 96) -> bool:
         bf16 = per_call(torch.bfloat16, 1, 1)  # emulated bf16 is ~100x slower: one call tells
         if bf16 < 2 * fp32:
             bf16 = per_call(torch.bfloat16, 10, 5)
-        _PROBED[key] = fp32 >= 1.3 * bf16
-    return _PROBED[key]
+        return round(fp32 / bf16, 3)
+
+    value, _ = cached_probe(f"bf16_speedup|d={lm.d_model}|rows={rows}", measure)
+    return float(value)
+
+
+BF16_MIN_SPEEDUP = 1.3
+
+
+def resolve_writer_dtype(lm: LanguageModel, dtype: str | None) -> tuple[str, str]:
+    """The concrete dtype name a corpus writer will use for `dtype` ("auto", None or a name), and why.
+
+    "auto" is bfloat16 off the CPU, and on a CPU where bf16 matmuls are at least 1.3x
+    faster than fp32 (`bf16_speedup`, cached per machine); else the model's own dtype.
+    """
+    own = str(lm.dtype).removeprefix("torch.")
+    if dtype is None:
+        return own, "the model's own dtype"
+    if dtype == "auto":
+        if lm.dtype != torch.float32:
+            return own, "the model's own dtype (already below float32)"
+        if lm.device.type != "cpu":
+            return "bfloat16", f"auto on {lm.device.type}"
+        speed = bf16_speedup(lm)
+        if speed >= BF16_MIN_SPEEDUP:
+            return "bfloat16", f"auto: bf16 matmuls run {speed:.2f}x faster than fp32 on this CPU (probe cached per machine)"
+        return own, f"auto: bf16 would run at {speed:.2f}x of fp32 speed on this CPU (needs >= {BF16_MIN_SPEEDUP}x)"
+    if dtype not in DTYPES:
+        raise EmovecError(f"unknown writer dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return str(DTYPES[dtype]).removeprefix("torch."), "chosen"
 
 
 def writer_dtype(lm: LanguageModel, dtype: str | None) -> torch.dtype:
-    """The dtype a corpus writer decodes in: `dtype` by name, the model's own for None,
-    and for "auto" bfloat16 where it pays (`bf16_pays`), else the model's own."""
-    if dtype is None:
-        return lm.dtype
-    if dtype == "auto":
-        return torch.bfloat16 if lm.dtype == torch.float32 and bf16_pays(lm) else lm.dtype
-    if dtype not in DTYPES:
-        raise EmovecError(f"unknown writer dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return DTYPES[dtype]
+    """The torch dtype a corpus writer decodes in (see `resolve_writer_dtype`)."""
+    return DTYPES[resolve_writer_dtype(lm, dtype)[0]]
 
 
 @dataclass
@@ -325,7 +367,7 @@ class FastBackend:
     model for the corpus writer while extraction and readout stay in the model's own dtype.
 
     `dtype`: None decodes with `lm.model` itself (so steering hooks apply); "auto" uses a
-    bf16 copy where that is faster on this hardware (`bf16_pays`); or a dtype name.
+    bf16 copy where that is faster on this hardware (`resolve_writer_dtype`); or a dtype name.
     """
 
     lm: LanguageModel
@@ -343,6 +385,7 @@ class FastBackend:
         return self._model
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, seed: int) -> list[str]:
+        """Completions of `prompts` in input order via `decode`; reproducible from `seed`, row-step counts in `stats`."""
         tok, model = self.lm.tokenizer, self.model()
         lengths = [len(x) for x in tok(list(prompts), add_special_tokens=False)["input_ids"]]
         out: list[str] = [""] * len(prompts)

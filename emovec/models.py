@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -61,13 +61,15 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 def _cache_keyword(cls: type) -> str:
     import inspect
 
-    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+    module_cls = cast("type[nn.Module]", cls)
+    return "cache" if "cache" in inspect.signature(module_cls.forward).parameters else "past_key_values"
 
 
 def cache_kw(model: nn.Module, cache: Any) -> dict[str, Any]:
     """The keyword that passes a KV cache to `model.forward`: `cache` in newer transformers 5.x
     releases, `past_key_values` before (the old name warns and goes away in 5.40). Looked up once per class."""
-    return {_cache_keyword(type(model)): cache}
+    cls: type = type(model)  # widened to plain `type`, which mypy accepts as Hashable for the cache
+    return {_cache_keyword(cls): cache}
 
 
 def returned_cache(output: Any) -> Any:
@@ -126,30 +128,37 @@ class LanguageModel:
     layers_path: str
     fingerprint: str
     layers: nn.ModuleList = field(repr=False)
+    source: Path | None = None  # the file or directory the weights came from (for the run's file fingerprint)
 
     @property
     def n_layers(self) -> int:
+        """Number of decoder layers."""
         return len(self.layers)
 
     @property
     def d_model(self) -> int:
-        emb = self.model.get_input_embeddings()
+        """Width of the residual stream (the embedding size)."""
+        emb = cast(Any, self.model).get_input_embeddings()  # a PreTrainedModel method, not on nn.Module
         return int(emb.weight.shape[1])
 
     @property
     def device(self) -> torch.device:
+        """Device the model's weights are on (inputs are moved there)."""
         return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the model's weights (steering vectors are cast to it)."""
         return next(self.model.parameters()).dtype
 
     @property
     def final_norm(self) -> nn.Module:
+        """The norm before the unembedding, for the logit lens."""
         return find_final_norm(self.model)
 
     @property
     def has_chat_template(self) -> bool:
+        """Whether the tokenizer can render chat turns (needed for `chat`)."""
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     def check_layer(self, layer: int) -> int:
@@ -163,7 +172,7 @@ class LanguageModel:
         if not self.has_chat_template:
             raise EmovecError(f"{self.name} has no chat template; use an instruct model or pass plain text prompts")
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text: str = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text + assistant_prefix
 
 
@@ -244,9 +253,7 @@ def load_model(
     runs code shipped inside it. `layers_path` overrides decoder-layer lookup.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a 0.1 s "Loading weights" bar is noise on every CLI call
     name = str(name_or_path)
     torch_dtype = _resolve_dtype(dtype, device)
     if name in _EMBEDDED:
@@ -261,7 +268,8 @@ def load_model(
         gguf = None
         display = name
         if not Path(name).is_dir():
-            raise EmovecError(f"model {name!r} not found: pass a local model directory, a .gguf file, or {DEFAULT_MODEL} (no downloads here)")
+            raise EmovecError(f"model {name!r} not found: pass a local model directory, a .gguf file, or {DEFAULT_MODEL} "
+                              "(no downloads here)")
         if not (Path(name) / "config.json").exists():
             raise EmovecError(f"{name} has no config.json; point at a Hugging Face model directory")
         if not trust_remote_code and _needs_remote_code(Path(name)):
@@ -284,10 +292,12 @@ def load_model(
         if "trust_remote_code" in str(exc):
             raise EmovecError(f"{name} needs its own code to load; re-run with --trust-remote-code if you trust it") from None
         raise EmovecError(f"could not load model from {name}: {first}") from None
-    model.to(device)
-    model.eval()
+    net: nn.Module = model  # PreTrainedModel's own .to/.eval wrappers are mis-annotated in transformers
+    net.to(device)
+    net.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     layers, path = find_layers(model, layers_path)
     return LanguageModel(model=model, tokenizer=tokenizer, name=display, layers_path=path,
-                         fingerprint=config_fingerprint(model.config), layers=layers)
+                         fingerprint=config_fingerprint(model.config), layers=layers,
+                         source=gguf if gguf is not None else Path(name))

@@ -24,18 +24,22 @@ from typing import Any
 from .activations import extract_corpus, load_corpus_activations
 from .corpus import generate_neutral, generate_stories, import_stories, load_corpus
 from .models import LanguageModel
+from .provenance import run_lock
 from .readout import score_texts, token_baseline
 from .recognition import heldout_recognition, recognition_at
 from .rundir import (
     VECTORS_FILE,
     RunConfig,
+    check_drift,
     check_model_for_run,
     clean_stale_temps,
     keep_layers,
     make_backend,
     open_run,
+    resolve_run,
     run_emotions,
     run_model,
+    save_run,
 )
 from .storage import EmovecError, read_jsonl, write_json
 from .vectors import EmotionVectors
@@ -66,7 +70,7 @@ def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
     neutral_rows = load_corpus(run_dir, "neutral") if (run_dir / "neutral.jsonl").exists() else []
     act_dir = run_dir / "activations"
     keep = keep_layers(cfg, lm)
-    common = {"start": cfg.token_start, "batch_size": cfg.extract_batch_size, "progress": progress}
+    common: dict[str, Any] = {"start": cfg.token_start, "batch_size": cfg.extract_batch_size, "progress": progress}
     story_acts = extract_corpus(lm, stories, act_dir, "stories", keep_layers=keep, **common)
     neutral_acts = extract_corpus(lm, neutral_rows, act_dir, "neutral", **common) if neutral_rows else None
     present = [e for e in emotions if story_acts.counts.get(e, 0) > 0]
@@ -122,20 +126,39 @@ def probe_readout(lm: LanguageModel, vectors: EmotionVectors, k: int = 3) -> lis
     return out
 
 
-def run(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None, progress: bool = True) -> dict[str, Any]:
-    """Every stage into `run_dir`, resuming whatever is already there; returns (and writes) the summary.
-
-    The report is not part of the pipeline: `emovec.run` (`emovec.report.run`) adds it.
-    """
-    t0 = time.time()
-    run_dir = Path(run_dir)
+def prepare(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None,
+            allow_drift: bool = False) -> tuple[RunConfig, LanguageModel]:
+    """Open (or create) a run for writing: check the settings, load the model, decide what a new run leaves open
+    (the writer dtype, recorded with versions and machine), refuse a resume under other conditions unless
+    `allow_drift`, and save the settings. Call it while holding `run_lock(run_dir)`."""
     cfg = open_run(run_dir, cfg, write=False)
     lm = lm or run_model(cfg)
     check_model_for_run(lm, cfg)
-    cfg = open_run(run_dir, cfg)
+    cfg, notes = resolve_run(cfg, lm)
+    for note in notes:
+        log.info(note)
+    cfg = check_drift(run_dir, cfg, lm, allow_drift)
+    save_run(run_dir, cfg)  # `cfg` is already merged with what the run had (open_run above)
     clean_stale_temps(run_dir)
-    if (run_dir / VECTORS_FILE).exists():
-        EmotionVectors.load(run_dir / VECTORS_FILE, model=lm)  # refuse a run dir made with another model
+    if (Path(run_dir) / VECTORS_FILE).exists():
+        EmotionVectors.load(Path(run_dir) / VECTORS_FILE, model=lm)  # refuse a run dir made with another model
+    return cfg, lm
+
+
+def run(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None, progress: bool = True,
+        allow_drift: bool = False) -> dict[str, Any]:
+    """Every stage into `run_dir`, resuming whatever is already there; returns (and writes) the summary.
+
+    Holds the run directory's lock throughout, so a second process on the same run is refused.
+    The report is not part of the pipeline: `emovec.run` (`emovec.report.run`) adds it.
+    """
+    with run_lock(run_dir):
+        return _run(Path(run_dir), cfg, lm, progress, allow_drift)
+
+
+def _run(run_dir: Path, cfg: RunConfig, lm: LanguageModel | None, progress: bool, allow_drift: bool) -> dict[str, Any]:
+    t0 = time.time()
+    cfg, lm = prepare(run_dir, cfg, lm, allow_drift)
     timings: dict[str, float] = {}
     t = time.time()
     corpus = stage_stories(run_dir, cfg, lm, progress)

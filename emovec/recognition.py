@@ -33,8 +33,35 @@ def fold_assignment(labels: Sequence[str], folds: int, seed: int = 0) -> np.ndar
     return out
 
 
-def _unit_rows(m: torch.Tensor) -> torch.Tensor:
-    return m / m.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+def unit_rows(m: torch.Tensor) -> torch.Tensor:
+    """Each row of `m` scaled to unit length (all-zero rows stay zero)."""
+    unit: torch.Tensor = m / m.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return unit
+
+
+def heldout_ranks(x: torch.Tensor, y: np.ndarray, n_classes: int, comps: torch.Tensor,
+                  assign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The k-fold loop of held-out recognition: each item's rank of its true class (0 = top) and its top class.
+
+    `x` [n, d] pooled activations, `y` [n] class indices in 0..n_classes-1, `comps` [k, d]
+    the denoising components (k may be 0), `assign` [n] the fold of each item. For each
+    fold, vectors are the training class means minus their grand mean, with `comps`
+    projected out, scaled to unit length; a held-out item's scores are its activation
+    minus that grand mean projected on them. Every class needs training items in every fold.
+    """
+    ranks = np.zeros(len(y), dtype=int)
+    pred = np.zeros(len(y), dtype=int)
+    for f in np.unique(assign):
+        tr, te = assign != f, assign == f
+        means = torch.stack([x[tr][y[tr] == k].mean(0) for k in range(n_classes)])
+        grand = means.mean(0)
+        units = unit_rows(project_out(means - grand, comps))
+        scores = (x[te] - grand) @ units.T
+        order = torch.argsort(scores, dim=1, descending=True).numpy()
+        truth = y[te]
+        ranks[te] = np.argmax(order == truth[:, None], axis=1)
+        pred[te] = order[:, 0]
+    return ranks, pred
 
 
 def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations | None, emotions: Sequence[str],
@@ -58,7 +85,7 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
     folds = max(2, min(folds, min(counts[e] for e in names)))
     assign = fold_assignment(labels, folds, seed)
     layers = list(stories.keep_layers) if layers is None else list(layers)
-    per_layer = []
+    per_layer: list[dict[str, Any]] = []
     for layer in layers:
         if layer not in stories.keep_layers:
             raise EmovecError(f"per-story activations were not kept at layer {layer} (kept: {stories.keep_layers})")
@@ -66,18 +93,7 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
         comps = torch.zeros(0, x.shape[1], dtype=torch.float64)
         if neutral is not None and denoise_fraction > 0 and layer in neutral.keep_layers:
             comps = denoise_components(neutral.pooled[:, neutral.keep_layers.index(layer)], denoise_fraction)[0].to(torch.float64)
-        ranks = np.zeros(len(labels), dtype=int)
-        pred = np.zeros(len(labels), dtype=int)
-        for f in range(folds):
-            tr, te = assign != f, assign == f
-            means = torch.stack([x[tr][y[tr] == k].mean(0) for k in range(len(names))])
-            grand = means.mean(0)
-            units = _unit_rows(project_out(means - grand, comps))
-            scores = (x[te] - grand) @ units.T
-            order = torch.argsort(scores, dim=1, descending=True).numpy()
-            truth = y[te]
-            ranks[te] = np.argmax(order == truth[:, None], axis=1)
-            pred[te] = order[:, 0]
+        ranks, pred = heldout_ranks(x, y, len(names), comps, assign)
         per_layer.append({"layer": layer, "top1": float(np.mean(ranks == 0)), "top5": float(np.mean(ranks < 5)),
                           "mean_rank": float(np.mean(ranks) + 1), "_pred": pred})
     best = max(per_layer, key=lambda r: (r["top1"], r["top5"]))
@@ -98,7 +114,8 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
 
 def recognition_at(result: dict[str, Any], layer: int) -> dict[str, Any]:
     """The row of a `heldout_recognition` result for one layer."""
-    for row in result["layers"]:
+    rows: list[dict[str, Any]] = result["layers"]
+    for row in rows:
         if row["layer"] == layer:
             return row
     raise EmovecError(f"layer {layer} is not in the recognition result (layers: {[r['layer'] for r in result['layers']]})")

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
+
+import torch
 
 from .concepts import load_concepts, resolve_emotions
-from .generation import FastBackend, GenerationBackend, HFBackend, Sampling
+from .generation import FastBackend, GenerationBackend, HFBackend, Sampling, resolve_writer_dtype
 from .models import DEFAULT_MODEL, LanguageModel, load_model
+from .provenance import cpu_info, drift, file_fingerprint, library_versions
 from .storage import EmovecError, read_json, write_json
 from .vectors import EmotionVectors
 
@@ -52,7 +56,7 @@ class RunConfig:
     top_p: float = 0.95
     seed: int = 0
     token_start: int = 50
-    keep_layers: list[int] | None = None
+    keep_layers: list[int] | Literal["all", "two-thirds"] | None = None
     denoise_fraction: float = 0.5
     gen_batch_size: int = 256
     backend: str = "fast"
@@ -61,10 +65,16 @@ class RunConfig:
     folds: int = 5
     device: str = "cpu"
     dtype: str | None = None
+    trust_remote_code: bool = False
     import_stories: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Recorded at the run's first start (`resolve_run`): versions, CPU class, model files, the writer
+    # dtype's reason. `allowed_drift` lists resumes that were allowed to differ from it (--allow-drift).
+    provenance: dict[str, Any] = field(default_factory=dict)
+    allowed_drift: list[dict[str, Any]] = field(default_factory=list)
 
     def sampling(self) -> Sampling:
+        """The story writer's sampling settings from this config."""
         return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
 
 
@@ -77,9 +87,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"per_emotion": 1200, "n_neutral": 1200, "keep_layers": "two-thirds", "gen_dtype": None},
 }
 
-# Settings that change what a run produces; a resumed run must keep them.
+# Settings that change what a run produces; a resumed run must keep them. Batch sizes, dtypes and the
+# device are among them: they change the numbers (padding, kernels) and so the sampled stories.
 _IDENTITY = ("model", "concepts", "emotions", "stories_per_prompt", "prime", "max_new_tokens", "temperature", "top_p", "seed",
-             "token_start", "denoise_fraction")
+             "token_start", "denoise_fraction", "gen_batch_size", "extract_batch_size", "gen_dtype", "backend", "dtype")
+# Provenance entries compared on resume (the thread count is recorded for information only).
+_DRIFT_KEYS = ("versions", "cpu", "model_files", "model_config")
 
 
 def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
@@ -124,8 +137,9 @@ def check_config(cfg: RunConfig, source: str = "run settings") -> None:
     for key in _OPTIONAL_STR:
         if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), str):
             raise bad(key, "a string")
-    if not isinstance(cfg.prime, bool):
-        raise bad("prime", "true or false")
+    for key in ("prime", "trust_remote_code"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise bad(key, "true or false")
     if cfg.emotions is not None and not (isinstance(cfg.emotions, list) and cfg.emotions
                                          and all(isinstance(e, str) for e in cfg.emotions)):
         raise bad("emotions", "a list of emotion names")
@@ -133,8 +147,11 @@ def check_config(cfg: RunConfig, source: str = "run settings") -> None:
     if kl is not None and kl not in ("all", "two-thirds") and not (
             isinstance(kl, list) and all(isinstance(lay, int) and not isinstance(lay, bool) for lay in kl)):
         raise bad("keep_layers", "a list of layer numbers, 'all' or 'two-thirds'")
-    if not isinstance(cfg.extra, dict):
-        raise bad("extra", "a table")
+    for key in ("extra", "provenance"):
+        if not isinstance(getattr(cfg, key), dict):
+            raise bad(key, "a table")
+    if not isinstance(cfg.allowed_drift, list):
+        raise bad("allowed_drift", "a list")
 
 
 def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool = True) -> RunConfig:
@@ -154,11 +171,15 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool =
         check_config(saved, f"{path}")
         if config is None:
             return saved
+        if config.gen_dtype == "auto" and saved.gen_dtype != "auto":  # "auto" means: what this run decided
+            config = dataclasses.replace(config, gen_dtype=saved.gen_dtype)
         for key in _IDENTITY:
             a, b = getattr(saved, key), getattr(config, key)
             if a != b:
-                raise EmovecError(f"{run_dir} was started with {key}={a!r}, not {b!r}; resume with the same settings or use a new run directory")
-        merged = dataclasses.replace(config, per_emotion=max(saved.per_emotion, config.per_emotion))
+                raise EmovecError(f"{run_dir} was started with {key}={a!r}, not {b!r}; resume with the same settings "
+                                  "or use a new run directory")
+        merged = dataclasses.replace(config, per_emotion=max(saved.per_emotion, config.per_emotion),
+                                     provenance=saved.provenance, allowed_drift=saved.allowed_drift)
         if write:
             write_json(path, dataclasses.asdict(merged))
         return merged
@@ -168,6 +189,64 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool =
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(path, dataclasses.asdict(config))
     return config
+
+
+def current_provenance(lm: LanguageModel) -> dict[str, Any]:
+    """What this process would write a run with: library versions, CPU class, model files and config, threads."""
+    return {"versions": library_versions(), "cpu": cpu_info(),
+            "model_files": file_fingerprint(lm.source) if lm.source is not None and lm.source.exists() else None,
+            "model_config": lm.fingerprint, "torch_threads": torch.get_num_threads()}
+
+
+def resolve_run(cfg: RunConfig, lm: LanguageModel) -> tuple[RunConfig, list[str]]:
+    """Decide, once, what a new run leaves open: the writer dtype ("auto" becomes a name) and its provenance.
+
+    A run that has its provenance already is returned unchanged (a resume never re-decides).
+    Returns the resolved settings and notes for the user (which writer dtype, and why).
+    """
+    if cfg.provenance:
+        return cfg, []
+    notes = []
+    prov = current_provenance(lm)
+    if cfg.backend == "fast" and cfg.gen_dtype is not None:
+        name, why = resolve_writer_dtype(lm, cfg.gen_dtype)
+        cfg = dataclasses.replace(cfg, gen_dtype=name)
+        prov["writer_dtype_reason"] = why
+        if not cfg.import_stories or cfg.n_neutral:
+            notes.append(f"story writer dtype: {name} ({why})")
+    return dataclasses.replace(cfg, provenance=prov), notes
+
+
+def check_drift(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, allow_drift: bool = False) -> RunConfig:
+    """Refuse to resume a run under other library versions, another CPU class or other model files.
+
+    With `allow_drift` the resume goes on and the differences are appended to `allowed_drift`
+    (the caller saves the settings), so the run says it was continued under other conditions.
+    """
+    now = current_provenance(lm)
+    diff = drift({k: cfg.provenance.get(k) for k in _DRIFT_KEYS}, {k: now.get(k) for k in _DRIFT_KEYS})
+    if not diff:
+        return cfg
+    said = "; ".join(f"{k}: {_short(a)} then, {_short(b)} now" for k, (a, b) in diff.items())
+    if not allow_drift:
+        raise EmovecError(f"{run_dir} was written under other conditions ({said}); resume it where it was made, or "
+                          "pass --allow-drift to continue knowingly (recorded in run.json)")
+    record = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "differences": {k: {"recorded": a, "now": b} for k, (a, b) in diff.items()}}
+    return dataclasses.replace(cfg, allowed_drift=[*cfg.allowed_drift, record])
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_short(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "+".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def save_run(run_dir: str | Path, cfg: RunConfig) -> None:
+    """Write the run's settings (atomically)."""
+    write_json(Path(run_dir) / RUN_FILE, dataclasses.asdict(cfg))
 
 
 def check_model_for_run(lm: LanguageModel, cfg: RunConfig) -> None:
@@ -194,7 +273,8 @@ def run_emotions(cfg: RunConfig) -> list[str]:
 
 
 def run_model(cfg: RunConfig) -> LanguageModel:
-    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    """Load the model a run was configured with, on its device and dtype."""
+    return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
 
 
 def make_backend(cfg: RunConfig, lm: LanguageModel) -> GenerationBackend:
@@ -207,11 +287,12 @@ def make_backend(cfg: RunConfig, lm: LanguageModel) -> GenerationBackend:
 
 
 def keep_layers(cfg: RunConfig, lm: LanguageModel) -> list[int]:
+    """The layers whose per-story activations are kept: all, the one two-thirds deep (paper), or a list."""
     if cfg.keep_layers in (None, "all"):
         return list(range(lm.n_layers))
     if cfg.keep_layers == "two-thirds":
         return [round(2 * lm.n_layers / 3)]
-    return [lm.check_layer(lay) for lay in cfg.keep_layers]  # type: ignore[union-attr]
+    return [lm.check_layer(lay) for lay in cast("list[int]", cfg.keep_layers)]  # the strings were handled above
 
 
 

@@ -12,9 +12,10 @@ it is computed).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -68,7 +69,7 @@ class SteeringVector:
         cast = {lay % lm.n_layers: v.to(device=dev, dtype=dt) for lay, v in self.deltas.items()}
         m = mask.to(device=dev, dtype=dt)[:, :, None] if mask is not None else None
 
-        def add(idx: int, _mod: object, _inp: tuple, out: object) -> object:
+        def add(idx: int, _mod: object, _inp: tuple[Any, ...], out: object) -> object:
             h = hidden_of(out)
             delta = cast[idx]
             if rows is not None:
@@ -83,10 +84,11 @@ class SteeringVector:
             yield self
 
 
-def parse_spec(spec: str | dict[str, float] | list[str] | None) -> dict[str, float]:
+def parse_spec(spec: str | dict[str, float] | Sequence[str] | None) -> dict[str, float]:
     """Parse steering specs like "calm=0.05,desperate=-0.05" (or a list of "name=value") into a dict."""
     if spec is None:
         return {}
+    items: list[tuple[str, float | str]]
     if isinstance(spec, dict):
         items = list(spec.items())
     else:
@@ -119,8 +121,8 @@ def parse_layers(layers: str | int | list[int] | range | None, n_layers: int) ->
     for part in str(layers).split(","):
         part = part.strip()
         try:
-            if re.fullmatch(r"-?\d+-\d+", part):
-                lo, hi = re.match(r"(-?\d+)-(\d+)", part).groups()  # type: ignore[union-attr]
+            if span := re.fullmatch(r"(-?\d+)-(\d+)", part):
+                lo, hi = span.groups()
                 out += list(range(int(lo), int(hi) + 1))
             else:
                 out.append(int(part))

@@ -8,6 +8,8 @@ torn tail (from a killed process) is dropped on the next read.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -21,12 +23,42 @@ class EmovecError(Exception):
     """A user-facing error: one line that says what is wrong and how to fix it."""
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def write_error(path: str | Path, exc: BaseException) -> EmovecError:
+    """The one-line error for a write that failed: disk full, read-only, or another OS error.
+
+    Libraries that write through their own code (safetensors) report a full disk only in
+    their message, so that is recognised too.
+    """
+    code = exc.errno if isinstance(exc, OSError) else None
+    text = str(exc)
+    if code in _FULL or "No space left" in text or "StorageFull" in text or "File too large" in text:
+        return EmovecError(f"{path}: no space left on the device; free some space and re-run the same command: "
+                           "the run resumes where it stopped")
+    if code in _READ_ONLY or "Read-only file system" in text:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "read-only"
+        return EmovecError(f"{path} is not writable ({why}); use a directory you can write to, or copy the run "
+                           "somewhere writable to resume it")
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    return EmovecError(f"{path}: cannot write ({why})")
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only on success."""
+    """Yield a temporary path beside `path`; rename it over `path` only on success.
+
+    A failed write (disk full, read-only directory) leaves the old file as it was and
+    raises a one-line EmovecError.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -36,6 +68,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except EmovecError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) or "No space left" in str(exc) or "StorageFull" in str(exc):
+            raise write_error(path, exc) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -66,22 +104,32 @@ def read_json(path: str | Path) -> Any:
         raise EmovecError(f"{path}: not valid UTF-8 JSON ({why}); delete it and re-run the stage that writes it") from None
 
 
-def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     """Append rows as one write of whole lines, then fsync.
 
     A process killed mid-write can leave at most one torn final line, which
-    `read_jsonl` drops and `repair_jsonl` truncates before the next append.
+    `read_jsonl` drops and `repair_jsonl` truncates before the next append; a write
+    that fails (disk full) is truncated back at once and raises a one-line EmovecError.
     """
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if not data:
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    repair_jsonl(path)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        repair_jsonl(path)
+        size = path.stat().st_size if path.exists() else 0
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        with open(path, "ab") as fh:
+            fh.write(data.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # a short write (disk full) is undone, so no chunk is ever half on disk
+            os.truncate(path, size)
+        raise write_error(path, exc) from None
 
 
 def repair_jsonl(path: str | Path) -> int:
@@ -103,7 +151,7 @@ def repair_jsonl(path: str | Path) -> int:
         return size - keep
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSONL file written by `append_jsonl` (or by a user).
 
     A torn final line without a newline is ignored; any other malformed line

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ class EmotionVectors:
         """Build vectors from extracted story (and neutral) activations."""
         missing = [e for e in emotions if stories.counts.get(e, 0) == 0]
         if missing:
-            raise EmovecError(f"no stories for {len(missing)} emotion(s) ({', '.join(missing[:5])}); generate more stories or drop them from the concept list")
+            raise EmovecError(f"no stories for {len(missing)} emotion(s) ({', '.join(missing[:5])}); generate more stories "
+                              "or drop them from the concept list")
         means = torch.stack([stories.sums[e] / stories.counts[e] for e in emotions], dim=1).to(torch.float32)  # [L, E, D]
         grand = means.mean(dim=1)
         raw = means - grand[:, None, :]
@@ -130,7 +132,7 @@ class EmotionVectors:
             raise EmovecError(f"layer {layer} is not in these vectors (stored layers: {_ranges(self.layers)}); pass one of those")
         return self.layers.index(layer)
 
-    def resolve(self, names: str | list[str] | None) -> list[str]:
+    def resolve(self, names: str | Sequence[str] | None) -> list[str]:
         """Validate emotion names against this set (None means all)."""
         return list(self.emotions) if names is None else resolve_emotions(names, self.emotions)
 
@@ -157,13 +159,16 @@ class EmotionVectors:
         """Refuse a model these vectors were not made for (different width, depth or config)."""
         width = self.raw.shape[-1]
         if width != lm.d_model:
-            raise EmovecError(f"these vectors have width {width} but {lm.name} has width {lm.d_model}; use vectors extracted from this model")
+            raise EmovecError(f"these vectors have width {width} but {lm.name} has width {lm.d_model}; "
+                              "use vectors extracted from this model")
         n = self.meta.get("n_layers")
         if n is not None and int(n) != lm.n_layers:
-            raise EmovecError(f"these vectors were made for a {n}-layer model but {lm.name} has {lm.n_layers}; use vectors extracted from this model")
+            raise EmovecError(f"these vectors were made for a {n}-layer model but {lm.name} has {lm.n_layers}; "
+                              "use vectors extracted from this model")
         fp = self.meta.get("model_fingerprint")
         if fp is not None and fp != lm.fingerprint:
-            raise EmovecError(f"these vectors were made for {self.meta.get('model')} (config {fp}), not {lm.name} (config {lm.fingerprint}); re-extract on this model")
+            raise EmovecError(f"these vectors were made for {self.meta.get('model')} (config {fp}), not {lm.name} "
+                              f"(config {lm.fingerprint}); re-extract on this model")
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -218,7 +223,7 @@ def _ranges(layers: list[int]) -> str:
     if not layers:
         return "none"
     parts, start, prev = [], layers[0], layers[0]
-    for lay in list(layers[1:]) + [None]:  # type: ignore[list-item]
+    for lay in list(layers[1:]) + [None]:
         if lay is not None and lay == prev + 1:
             prev = lay
             continue

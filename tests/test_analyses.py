@@ -62,6 +62,7 @@ def test_pca_finds_valence_when_vectors_are_organised_by_it():
     assert g["norms"]["n_matched"] == 10 and c["n"] == 10
     assert c["pearson"] > 0.9 and c["spearman"] > 0.8  # flipped to be positive by the stated sign convention
     assert g["explained_variance"][0] > 0.5
+    assert g["pcs"]["happy"][0] > 0 > g["pcs"]["sad"][0]  # the convention puts pleasant emotions at positive PC1
 
 
 def test_geometry_of_small_vectors(small_vectors):
@@ -73,8 +74,13 @@ def test_geometry_of_small_vectors(small_vectors):
     ev = g["explained_variance"]
     assert all(a >= b for a, b in zip(ev, ev[1:])) and sum(ev) <= 1 + 1e-9
     assert g["layer"] == small_vectors.default_layer
-    if g["norms"] is not None:
-        assert g["norms"]["n_matched"] == 6 and g["correlations"]["pc1_valence"]["pearson"] >= 0
+    # The norms extra is part of the test install (make test), so this is checked, not skipped. With six emotions the
+    # main axis of these hand-written vectors is arousal-like, not valence (r with valence is near 0 at layer 20):
+    # what holds at every layer is calm (the calmest) and angry (the most aroused) on opposite sides of PC1.
+    assert g["norms"] is not None and g["norms"]["n_matched"] == 6
+    pc1 = {e: xy[0] for e, xy in g["pcs"].items()}
+    assert pc1["calm"] * pc1["angry"] < 0, pc1
+    assert abs(g["correlations"]["pc1_arousal"]["pearson"]) > abs(g["correlations"]["pc1_valence"]["pearson"])
 
 
 def test_load_norms_missing_package_is_a_clear_warning(monkeypatch):

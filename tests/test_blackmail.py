@@ -7,7 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from emovec.experiments.blackmail import Grade, JudgeGrader, RuleGrader, load_scenario, parse_emails, render_prompts, run_blackmail
+from emovec.experiments import EXPERIMENTS
+from emovec.experiments.blackmail import run_blackmail, summary_lines
+from emovec.experiments.blackmail_grading import Grade, JudgeGrader, RuleGrader, load_scenario, parse_emails, render_prompts
 from emovec.storage import EmovecError, read_json
 
 EX = "martin.keller@halvorsen-freight.com"
@@ -133,6 +135,9 @@ def test_tiny_run_resumes(run_copy, lm, small_vectors):
     assert read_json(out / "summary.json")["per_grade"]["not"]["desperate"]["n"] + \
         read_json(out / "summary.json")["per_grade"]["blackmail"]["desperate"]["n"] == 6
     assert "desperate,calm" not in (out / "rates.csv").read_text() and "desperate_mean" in (out / "rates.csv").read_text()
+    assert s["timing"]["total_s"] >= 0 and set(s["correlations"]["strength_vs_blackmail"]["desperate"]) == {"n", "r", "p"}
+    lines = EXPERIMENTS["blackmail"].result_lines(s, run_copy)
+    assert lines[:-1] == summary_lines(s) and len(lines) == 4 and lines[0].strip().startswith("unsteered: ")
 
     again = run_blackmail(run_copy, **kw)
     assert again["timing"]["generated_chunks"] == 0
@@ -148,6 +153,8 @@ def test_tiny_run_resumes(run_copy, lm, small_vectors):
 
     with pytest.raises(EmovecError, match="different max_new_tokens"):
         run_blackmail(run_copy, **{**kw, "max_new_tokens": 30})
+    with pytest.raises(EmovecError, match="different temperature"):
+        run_blackmail(run_copy, **{**kw, "temperature": 0.5})
 
 
 def test_prefill_starts_every_reply_and_is_part_of_the_settings(run_copy, lm, small_vectors):
@@ -175,8 +182,7 @@ def test_unknown_emotion_one_line_error(run_copy, lm, small_vectors):
 
 
 def test_prefix_readout_equals_reply_scores(lm, small_vectors, scenario):
-    from emovec.experiments.blackmail import PrefixReadout
-    from emovec.experiments.common import reply_scores
+    from emovec.experiments.common import PrefixReadout, reply_scores
 
     p = list(render_prompts(lm, scenario).values())
     prompts = [p[0], p[1], p[0]]

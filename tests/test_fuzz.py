@@ -314,13 +314,13 @@ def test_fuzz_corpus_files(tmp_path):
         run_dir.mkdir()
         _write(run_dir / "stories.jsonl", blob)
         _write(run_dir / "neutral.jsonl", blob)
-        fz.case(f"read_jsonl/{name}", lambda: read_jsonl(src), _check_rows)
-        fz.case(f"load_corpus/{name}", lambda: load_corpus(run_dir, "stories", EMOTIONS), _check_rows)
-        fz.case(f"load_corpus neutral/{name}", lambda: load_corpus(run_dir, "neutral"), _check_rows)
+        fz.case(f"read_jsonl/{name}", lambda src=src: read_jsonl(src), _check_rows)
+        fz.case(f"load_corpus/{name}", lambda run_dir=run_dir: load_corpus(run_dir, "stories", EMOTIONS), _check_rows)
+        fz.case(f"load_corpus neutral/{name}", lambda run_dir=run_dir: load_corpus(run_dir, "neutral"), _check_rows)
         fresh = tmp_path / f"fresh{i}"
-        fz.case(f"import_stories/{name}", lambda: import_stories(src, fresh, EMOTIONS))
+        fz.case(f"import_stories/{name}", lambda src=src, fresh=fresh: import_stories(src, fresh, EMOTIONS))
         fz.case(f"import_stories into damaged run/{name}",
-                lambda: import_stories(_write(tmp_path / "ok.jsonl", b'{"emotion": "calm", "text": "a b"}\n'), run_dir,
+                lambda run_dir=run_dir: import_stories(_write(tmp_path / "ok.jsonl", b'{"emotion": "calm", "text": "a b"}\n'), run_dir,
                                        EMOTIONS))
     fz.case("read_jsonl/missing", lambda: read_jsonl(tmp_path / "none.jsonl"))
     fz.case("read_jsonl/directory", lambda: read_jsonl(tmp_path))
@@ -399,8 +399,8 @@ def test_fuzz_activation_shards(tmp_path):
             path.write_bytes(content)
         else:
             write_shard(path, content, m)
-        fz.case(f"shard/{name}", lambda: read_shard(path))
-        fz.case(f"acts/{name}", lambda: load_corpus_activations(d, "stories"), _check_acts)
+        fz.case(f"shard/{name}", lambda path=path: read_shard(path))
+        fz.case(f"acts/{name}", lambda d=d: load_corpus_activations(d, "stories"), _check_acts)
     d = tmp_path / "mixed"
     d.mkdir()
     write_shard(d / "stories-00000.safetensors", tensors, meta)

@@ -82,6 +82,8 @@ def test_writer_dtype(lm):
     assert generation.writer_dtype(lm, "float32") == torch.float32
     assert generation.writer_dtype(lm, "bfloat16") == torch.bfloat16
     auto = generation.writer_dtype(lm, "auto")
-    assert auto == (torch.bfloat16 if generation.bf16_pays(lm) else lm.dtype)
+    assert auto == (torch.bfloat16 if generation.bf16_speedup(lm) >= generation.BF16_MIN_SPEEDUP else lm.dtype)
+    name, why = generation.resolve_writer_dtype(lm, "auto")
+    assert name in ("bfloat16", "float32") and "auto" in why  # what a run records: never "auto" itself
     with pytest.raises(EmovecError, match="unknown writer dtype"):
         generation.writer_dtype(lm, "int4")

@@ -12,18 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from emovec.experiments.common import Condition
-from emovec.experiments.hacking import (
-    KINDS,
-    _resolve_emotions,
-    check_solution,
-    classify_hack,
-    extract_files,
-    load_tasks,
-    run_reward_hacking,
-    select_tasks,
-    summarize_hacking,
-)
+from emovec.experiments import EXPERIMENTS
+from emovec.experiments.coding_tasks import KINDS, check_solution, classify_hack, extract_files, load_tasks, select_tasks
+from emovec.experiments.common import Condition, pick_emotions
+from emovec.experiments.hacking import DEFAULT_EMOTIONS, run_reward_hacking, summarize_hacking, summary_lines
 from emovec.storage import EmovecError
 
 TASKS = {t.id: t for t in load_tasks()}
@@ -167,13 +159,16 @@ def test_summary_statistics():
     change = s["readout_change_while_failing"]["desperate"]  # only the unsteered episodes failed twice
     assert change["n"] == 2 and change["mean_change"] == pytest.approx(0.25) and change["n_rose"] == 2
     assert set(s["hack_kinds_overall"]) == set(KINDS)
+    trend = s["readout_trend"]["all"]["desperate"]  # one correlation shape everywhere: n, r, p
+    assert set(trend) == {"n", "r", "p"} and trend["n"] == 7 and -1 <= trend["r"] <= 1
+    assert set(s["dose_response"]["desperate"]["spearman"]) == {"n", "r", "p"}
 
 
 def test_default_emotions_missing(small_vectors):
     with pytest.raises(EmovecError, match="none of the default emotions"):
-        _resolve_emotions(small_vectors.subset(["happy", "sad"]), None)
+        pick_emotions(small_vectors.subset(["happy", "sad"]), None, DEFAULT_EMOTIONS)
     with pytest.raises(EmovecError):
-        _resolve_emotions(small_vectors, "desprate")
+        pick_emotions(small_vectors, "desprate", DEFAULT_EMOTIONS)
 
 
 def test_tiny_real_episode_resumes(run_copy, lm):
@@ -193,6 +188,10 @@ def test_tiny_real_episode_resumes(run_copy, lm):
     assert {"summary.json", "hack_rates.csv", "readout_by_attempt.csv", "dose_response.png",
             "readout_by_attempt.png"} <= {p.name for p in out.iterdir()}
     assert "<img" in _hacking_html(s)
+    assert s["timing"]["total_s"] >= 0 and s["settings"]["chunk_seeds"]
+    lines = EXPERIMENTS["reward-hacking"].result_lines(s, run_copy)
+    assert lines[:-1] == summary_lines(s) and lines[0].strip().startswith("unsteered: hacked")
+    assert lines[-1].startswith(f"results: {out} (")
     before = (out / "samples.jsonl").read_text()
     again = run_reward_hacking(run_copy, **kw)
     assert (out / "samples.jsonl").read_text() == before  # nothing new to do
@@ -203,6 +202,22 @@ def test_tiny_real_episode_resumes(run_copy, lm):
     redone = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert redone[-1]["reply"] == rows[-1]["reply"] and redone[-1]["key"] == rows[-1]["key"]
     assert redone[-1]["readout"]["calm"] == pytest.approx(rows[-1]["readout"]["calm"], abs=1e-4)
+
+
+def test_resume_with_other_generation_settings_is_refused(run_copy, lm):
+    """Samples made under other generation settings are never mixed into one summary (they were, silently)."""
+    kw = dict(n=1, attempts=1, tasks="next-prime", emotions="calm", strengths="0.05", max_new_tokens=8, lm=lm)
+    run_reward_hacking(run_copy, **kw)
+    out = run_copy / "experiments" / "reward-hacking"
+    samples = (out / "samples.jsonl").read_text()
+    assert json.loads((out / "settings.json").read_text())["temperature"] == 0.7
+    for change, key in (({"temperature": 0.9}, "temperature"), ({"max_new_tokens": 12}, "max_new_tokens"),
+                        ({"tasks": "median"}, "tasks"), ({"attempts": 2}, "attempts"), ({"seed": 1}, "seed")):
+        with pytest.raises(EmovecError, match=f"different {key} ") as err:
+            run_reward_hacking(run_copy, **{**kw, **change})
+        assert "\n" not in str(err.value) and "delete that folder" in str(err.value)
+    assert (out / "samples.jsonl").read_text() == samples  # nothing was added
+    run_reward_hacking(run_copy, **{**kw, "n": 2, "strengths": "-0.05,0.05"})  # more episodes, conditions: fine
 
 
 def test_bad_arguments(run_copy, lm):

@@ -8,22 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from emovec.experiments.preferences import (
-    ELO_PER_LOGIT,
-    all_pairs,
+from emovec.experiments import EXPERIMENTS, activities
+from emovec.experiments.activities import (
     answer_ids,
-    bradley_terry,
     feeling_batch,
-    fit_elo,
-    group_shift,
     load_activities,
     p_first,
     pair_batch,
     pair_preferences,
     pair_question,
-    run_preferences,
     split_halves,
 )
+from emovec.experiments.elo import ELO_PER_LOGIT, all_pairs, bradley_terry, fit_elo, group_shift
+from emovec.experiments.preferences import run_preferences, summary_lines
 from emovec.steering import SteeringVector
 from emovec.storage import EmovecError
 
@@ -73,7 +70,8 @@ def test_activities_and_split():
 
 
 def test_sample_keys_separate_texts_and_steered_sides():
-    from emovec.experiments.preferences import Activity, _sample_key
+    from emovec.experiments.activities import Activity
+    from emovec.experiments.preferences import _sample_key
 
     a, b, a2 = Activity("x-1", "x", "sort a list"), Activity("x-2", "x", "read a poem"), Activity("x-1", "x", "edited")
     keys = {_sample_key("unsteered", a, b, None, None), _sample_key("unsteered", a2, b, None, None),
@@ -164,5 +162,22 @@ def test_tiny_run_then_resume(run_copy):
     assert (out / "samples.jsonl").read_text().splitlines() == samples
     assert [a["elo"] for a in again["elo"]] == [a["elo"] for a in s["elo"]]
     assert again["steering"]["vectors"] == s["steering"]["vectors"]
+    assert set(s["steering"]["shift_vs_r"]) == {"n", "r", "p"} and s["timing"]["total_s"] > 0
+    lines = EXPERIMENTS["preferences"].result_lines(s, run_copy)
+    assert lines[:-1] == summary_lines(s) and lines[0].startswith("8 activities, 56 ordered pairs")
     with pytest.raises(EmovecError, match="hostile"):
         run_preferences(run_copy, emotions="hostile", per_group=1, progress=False)
+
+
+def test_resume_with_another_question_is_refused(run_copy, lm, monkeypatch):
+    """Stored answers are keyed by activities, condition and steered sides, not by the question asked: a results
+    folder made with another pair question (or model) is refused instead of serving its answers as fresh ones."""
+    kw = dict(emotions="happy", per_group=1, n_vectors=0, progress=False, lm=lm)
+    run_preferences(run_copy, **kw)
+    out = run_copy / "experiments" / "preferences"
+    assert json.loads((out / "settings.json").read_text())["model"] == lm.name
+    run_preferences(run_copy, **kw)  # the same settings resume
+    monkeypatch.setattr(activities, "PAIR_LEAD", "Answer with A or B. Which would you rather do: (A)")
+    with pytest.raises(EmovecError, match="different pair_prompt") as err:
+        run_preferences(run_copy, **kw)
+    assert "\n" not in str(err.value)

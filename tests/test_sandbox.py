@@ -199,3 +199,29 @@ def test_bad_arguments():
         run_sandboxed({"a.py": ""}, ["-c", "print(1)"])
     with pytest.raises(EmovecError, match="limits too small"):
         run_sandboxed({"a.py": ""}, "a.py", timeout_s=0)
+
+
+@pytest.mark.parametrize("name", ["prelude.py", "launcher.py", "test_runner.py"])
+def test_sandbox_scripts_are_real_stdlib_only_files(name):
+    """The code run in the sandbox ships as package data: it compiles, imports without side effects (its work
+    sits behind `if __name__ == "__main__"`), is what `sandbox_code` hands out, and imports nothing outside the stdlib."""
+    import ast
+    import importlib.util
+    import sys
+
+    from emovec.experiments import sandbox
+
+    path = Path(sandbox.__file__).parent / "sandbox_code" / name
+    text = path.read_text(encoding="utf-8")
+    assert sandbox.sandbox_code(name) == text
+    tree = ast.parse(text)
+    compile(tree, str(path), "exec")
+    imported = {a.name.partition(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.partition(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
+    assert "%(" not in text  # no string substitution: values arrive as argv
+    spec = importlib.util.spec_from_file_location(f"_emovec_sandbox_{name[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # no side effects when not run as __main__
+    with pytest.raises(EmovecError, match="missing"):
+        sandbox.sandbox_code("nope.py")

@@ -1,47 +1,141 @@
-"""What the behavioural experiments share: steering conditions, rates with Wilson
-intervals, steered generation with a readout of the reply, and resumable results.
+"""What the behavioural experiments share: steering conditions, the settings guard, the sample store,
+statistics with one result shape, emotion picking, chunk seeds, and steered generation with a readout.
 
 Each experiment (preferences, blackmail, reward hacking) lives in its own module
-and keeps its results under `RUN_DIR/experiments/<name>/`:
+and keeps its results under `RUN_DIR/experiments/<folder>/`:
 
+    settings.json    the settings that decide what a sample is, recorded on first start;
+                     a resume with other settings is refused (`check_settings`)
     samples.jsonl    one row per finished sample, appended as soon as it exists, so
                      a killed run resumes where it stopped (rows carry a `key`)
     summary.json     the statistics, rewritten atomically at the end
     *.csv, *.png     tables and figures for people and for the HTML report
+
+Every summary has `settings` (including `chunk_seeds`, the seed formula) and
+`timing` with at least `total_s`, the seconds the call took.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import logging
 import math
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..activations import residuals, tokenize
+from ..activations import _StopForward, hidden_of, layer_hooks, residuals, tokenize
 from ..generation import FastBackend, Sampling
-from ..models import LanguageModel
+from ..models import LanguageModel, cache_kw
+from ..provenance import cpu_info, library_versions
 from ..readout import project
 from ..steering import SteeringVector, steering_vector
-from ..storage import EmovecError, append_jsonl, read_jsonl
+from ..storage import EmovecError, append_jsonl, read_json, read_jsonl, write_json
 from ..vectors import EmotionVectors
 
-EXPERIMENTS = ("preferences", "blackmail", "reward-hacking")
-DEFAULT_STRENGTHS = (-0.1, -0.05, 0.0, 0.05, 0.1)
+log = logging.getLogger(__name__)
+
+EXPERIMENTS_DIR = "experiments"
+SETTINGS_FILE = "settings.json"
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+# Steering strengths of a sweep; the unsteered baseline (0) is always added by `sweep`.
+DEFAULT_STRENGTHS = (-0.1, -0.05, 0.05, 0.1)
+CHUNK_SEEDS = "crc32('<experiment>|<seed>|<condition>|<chunk>') & 0x7fffffff"
 
 
-def experiment_dir(run_dir: str | Path, name: str) -> Path:
-    """`RUN_DIR/experiments/<name>/` (created on demand)."""
-    if name not in EXPERIMENTS:
-        raise EmovecError(f"unknown experiment {name!r}: use one of {', '.join(EXPERIMENTS)}")
-    path = Path(run_dir) / "experiments" / name
+# ---------------------------------------------------------------------------------------------- result shapes
+
+
+class Rate(TypedDict):
+    """k successes out of n with the Wilson 95% interval (rate and ci95 are None when n == 0)."""
+
+    k: int
+    n: int
+    rate: float | None
+    ci95: list[float] | None
+
+
+class Correlation(TypedDict):
+    """A correlation over n finite pairs; r and p are None when it is undefined (n < 3 or constant input)."""
+
+    n: int
+    r: float | None
+    p: float | None
+
+
+class MeanSD(TypedDict):
+    """Mean and standard deviation over n finite values (None when n == 0)."""
+
+    mean: float | None
+    sd: float | None
+    n: int
+
+
+class Timing(TypedDict):
+    """The `timing` of every summary: `total_s` is the wall time of the call that wrote it."""
+
+    total_s: float
+
+
+# ---------------------------------------------------------------------------------------------- folders and settings
+
+
+def experiment_dir(run_dir: str | Path, folder: str) -> Path:
+    """`RUN_DIR/experiments/<folder>/` (created on demand)."""
+    path = Path(run_dir) / EXPERIMENTS_DIR / folder
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def check_settings(out_dir: str | Path, settings: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
+                   lm: LanguageModel | None = None) -> None:
+    """Record `settings` in `out_dir/settings.json` on first start; refuse to resume with different ones.
+
+    Samples made under different generation settings must never be mixed into one
+    result, so a resume whose settings differ from the recorded ones raises a
+    one-line EmovecError naming the keys. `defaults` gives, for keys added to an
+    experiment's settings later, the value a results folder without them was made with.
+    With `lm`, what else decides the samples is recorded and checked too: the model's
+    dtype, the library versions and the CPU class (folders made before that was recorded
+    are taken as made under the current ones).
+    """
+    path = Path(out_dir) / SETTINGS_FILE
+    extra = {"dtype": str(lm.dtype).removeprefix("torch."), "versions": library_versions(),
+             "cpu": cpu_info()} if lm is not None else {}
+    now = json.loads(json.dumps({**dict(settings), **extra}))  # compared as stored: tuples are lists
+    defaults = {**json.loads(json.dumps(extra)), **(defaults or {})}
+    if path.exists():
+        old = read_json(path)
+        if not isinstance(old, dict):
+            raise EmovecError(f"{path} is not a settings file; delete {path.parent} to start over")
+        diff = [k for k in sorted(set(now) | set(old)) if old.get(k, defaults.get(k)) != now.get(k, defaults.get(k))]
+        if diff:
+            what = ", ".join(f"{k} ({_short(old.get(k, defaults.get(k)))} there, {_short(now.get(k, defaults.get(k)))} now)"
+                             for k in diff)
+            raise EmovecError(f"{path.parent} holds samples made with different {what}; use the same settings to resume, "
+                              "or delete that folder to start over")
+        return
+    if (Path(out_dir) / SAMPLES_FILE).exists():
+        log.warning("%s has samples but no %s (made by an older emovec): recording the current settings, which "
+                    "the earlier samples cannot be checked against", out_dir, SETTINGS_FILE)
+    write_json(path, now)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -55,10 +149,101 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, mid - half), min(1.0, mid + half))
 
 
-def rate(k: int, n: int) -> dict[str, Any]:
+def rate(k: int, n: int) -> Rate:
     """A rate with its Wilson 95% interval and counts, as stored in summaries."""
     lo, hi = wilson(k, n)
     return {"k": int(k), "n": int(n), "rate": k / n if n else None, "ci95": [lo, hi] if n else None}
+
+
+def _finite(values: Iterable[Any]) -> np.ndarray:
+    return np.array([math.nan if v is None else v for v in values], dtype=float)
+
+
+def _correlation(x: Iterable[Any], y: Iterable[Any], test: Callable[[np.ndarray, np.ndarray], tuple[float, float]]) -> Correlation:
+    a, b = _finite(x), _finite(y)
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = int(ok.sum())
+    if n < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return {"n": n, "r": None, "p": None}
+    r, p = test(a[ok], b[ok])
+    return {"n": n, "r": float(r), "p": float(p)}
+
+
+def spearman(x: Iterable[float | bool | None], y: Iterable[float | bool | None]) -> Correlation:
+    """Spearman rank correlation over the pairs where both values are finite (None counts as missing)."""
+    from scipy.stats import spearmanr
+
+    def test(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+        res = spearmanr(a, b)
+        return float(res.statistic), float(res.pvalue)
+
+    return _correlation(x, y, test)
+
+
+def pearson(x: Iterable[float | None], y: Iterable[float | None]) -> Correlation:
+    """Pearson correlation over the pairs where both values are finite (None counts as missing)."""
+    from scipy.stats import pearsonr
+
+    def test(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+        res = pearsonr(a, b)
+        return float(res.statistic), float(res.pvalue)
+
+    return _correlation(x, y, test)
+
+
+def mean_or_none(values: Iterable[float | None]) -> float | None:
+    """The mean of the finite values (None and NaN skipped); None when there are none."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return float(np.mean(v)) if v else None
+
+
+def mean_sd(values: Iterable[float | None], digits: int = 5) -> MeanSD:
+    """Mean, standard deviation and count of the finite values, rounded to `digits`."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": round(float(np.mean(v)), digits), "sd": round(float(np.std(v)), digits), "n": len(v)}
+
+
+def bootstrap_ci(statistic: Callable[[np.ndarray], float], n_units: int, n_boot: int, seed: int,
+                 level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of `statistic(indices)` over `n_boot` resamples of `n_units` units."""
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n_units, n_units)) for _ in range(n_boot)]
+    tail = 100 * (1 - level) / 2
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+# ---------------------------------------------------------------------------------------------- conditions
+
+
+def split_names(spec: str | Sequence[str]) -> list[str]:
+    """Names from "a, b,c" (or a list, as given)."""
+    return [x.strip() for x in spec.split(",") if x.strip()] if isinstance(spec, str) else list(spec)
+
+
+def pick_emotions(vectors: EmotionVectors, emotions: str | Sequence[str] | None,
+                  defaults: Sequence[str] | None = None) -> list[str]:
+    """The emotions an experiment works on: `emotions` checked against the vectors, or when None the
+    `defaults` present in the vectors (None: every emotion of the run). One-line errors."""
+    if emotions is None:
+        if defaults is None:
+            return list(vectors.emotions)
+        present = [e for e in defaults if e in vectors.emotions]
+        if not present:
+            raise EmovecError(f"none of the default emotions ({', '.join(defaults)}) are in this run's vectors; "
+                              "pass --emotions with some of: " + ", ".join(vectors.emotions))
+        return present
+    names = split_names(emotions)
+    if not names:
+        raise EmovecError("--emotions is empty: give a comma-separated list, e.g. desperate,calm")
+    return vectors.resolve(names)
+
+
+def chunk_seed(experiment: str, seed: int, *parts: object) -> int:
+    """The sampling seed of one chunk of work: a hash of the experiment, the run seed and the chunk's parts
+    (condition label, chunk or attempt number), so every chunk is reproducible on its own (see `CHUNK_SEEDS`)."""
+    return zlib.crc32("|".join([experiment, str(seed), *map(str, parts)]).encode()) & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)
@@ -70,6 +255,7 @@ class Condition:
 
     @property
     def label(self) -> str:
+        """"unsteered" or e.g. "calm=+0.05"; the key of the condition in samples and summaries."""
         return "unsteered" if self.emotion is None or self.strength == 0 else f"{self.emotion}={self.strength:+g}"
 
     def steering(self, vectors: EmotionVectors, layers: str | int | list[int] | None = None) -> SteeringVector | None:
@@ -88,7 +274,7 @@ def sweep(emotions: Sequence[str], strengths: Sequence[float] = DEFAULT_STRENGTH
 
 
 def parse_strengths(spec: str | Sequence[float] | None) -> list[float]:
-    """Parse "-0.1,-0.05,0.05,0.1" into floats (None: the default sweep)."""
+    """Parse "-0.1,-0.05,0.05,0.1" into floats (None: `DEFAULT_STRENGTHS`)."""
     if spec is None:
         return list(DEFAULT_STRENGTHS)
     if not isinstance(spec, str):
@@ -100,6 +286,9 @@ def parse_strengths(spec: str | Sequence[float] | None) -> list[float]:
     if not out or not all(math.isfinite(s) for s in out):
         raise EmovecError(f"strengths {spec!r}: give at least one finite number, e.g. -0.1,0.1")
     return out
+
+
+# ---------------------------------------------------------------------------------------------- generation and readout
 
 
 def generate_steered(lm: LanguageModel, prompts: Sequence[str], sampling: Sampling, seed: int,
@@ -138,6 +327,81 @@ def reply_scores(lm: LanguageModel, vectors: EmotionVectors, prompts: Sequence[s
     return pd.DataFrame(rows, columns=names)
 
 
+class PrefixReadout:
+    """`reply_scores` with each distinct prompt's key/value cache computed once and reused.
+
+    The readout is unsteered, so a prompt has the same activations in every
+    condition: caching it (up to the readout layer) turns a forward over prompt +
+    reply into a forward over the reply alone. Same numbers as `reply_scores`
+    (tested); the caches live as long as this object.
+    """
+
+    def __init__(self, lm: LanguageModel, vectors: EmotionVectors, emotions: Sequence[str], layer: int | None = None,
+                 batch_size: int = 8):
+        self.lm, self.vectors = lm, vectors
+        self.layer = vectors.default_layer if layer is None else lm.check_layer(layer)
+        self.emotions = vectors.resolve(list(emotions)) if emotions else []
+        self.batch_size = batch_size
+        self._cache: dict[str, tuple[Any, int]] = {}
+
+    def _run(self, ids: torch.Tensor, attn: torch.Tensor, past: Any, start: int) -> torch.Tensor:
+        grabbed: dict[str, torch.Tensor] = {}
+
+        def grab(_idx: int, _m: object, _i: tuple[Any, ...], out: object) -> None:
+            grabbed["h"] = hidden_of(out).detach().float().cpu()
+            raise _StopForward
+
+        base = cast(Any, self.lm.model).base_model
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device)[None, :].expand(ids.shape[0], -1)
+        with layer_hooks(self.lm, [self.layer], grab):
+            try:
+                base(input_ids=ids, attention_mask=attn, position_ids=pos, **cache_kw(base, past), use_cache=True)
+            except _StopForward:
+                pass
+        return grabbed["h"]
+
+    def _prefix(self, prompt: str) -> tuple[Any, int]:
+        from transformers import DynamicCache
+
+        if prompt not in self._cache:
+            ids = self.lm.tokenizer(prompt, return_tensors="pt")["input_ids"].to(self.lm.device)
+            cache = DynamicCache(config=cast(Any, self.lm.model).config)
+            self._run(ids, torch.ones_like(ids), cache, 0)
+            self._cache[prompt] = (cache, ids.shape[1])
+        return self._cache[prompt]
+
+    @torch.inference_mode()
+    def __call__(self, prompts: Sequence[str], replies: Sequence[str]) -> list[dict[str, float | None]]:
+        """Mean scores over each reply's tokens (None for an empty reply), one dict per reply."""
+        out: list[dict[str, float | None]] = [{e: None for e in self.emotions} for _ in replies]
+        if not self.emotions:
+            return out
+        tok = self.lm.tokenizer
+        groups: dict[str, list[int]] = {}
+        for i, (p, r) in enumerate(zip(prompts, replies)):
+            if r.strip():
+                groups.setdefault(p, []).append(i)
+        for prompt, idx in groups.items():
+            cache, n_prompt = self._prefix(prompt)
+            for b in range(0, len(idx), self.batch_size):
+                rows = idx[b:b + self.batch_size]
+                seqs = [tok(prompt + replies[i])["input_ids"][n_prompt:] for i in rows]
+                width = max(len(s) for s in seqs)
+                pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+                ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.lm.device)
+                mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.lm.device)
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(rows))
+                attn = torch.cat([torch.ones(len(rows), n_prompt, dtype=mask.dtype, device=mask.device), mask], 1)
+                h = self._run(ids, attn, past, n_prompt)
+                m = mask.cpu().bool()
+                mean = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+                scores = project(mean, self.vectors, self.layer, self.emotions).numpy()
+                for row, i in enumerate(rows):
+                    out[i] = {e: round(float(v), 5) for e, v in zip(self.emotions, scores[row])}
+        return out
+
+
 class SampleStore:
     """Append-only JSONL of finished samples keyed by `key`; the basis of resuming."""
 
@@ -150,8 +414,9 @@ class SampleStore:
         return key in self.keys
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
-        rows = [r for r in rows if r["key"] not in self.keys]
-        if rows:
-            append_jsonl(self.path, rows)
-            self.rows += rows
-            self.keys |= {r["key"] for r in rows}
+        """Append the rows whose key is new (at once, so a killed run loses at most the chunk in hand)."""
+        new = [r for r in rows if r["key"] not in self.keys]
+        if new:
+            append_jsonl(self.path, new)
+            self.rows += new
+            self.keys |= {r["key"] for r in new}

@@ -50,6 +50,7 @@ the argument list after `python` (a script in the directory, or `-m module`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -62,177 +63,30 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import IO
 
 from ..storage import EmovecError
 
 NOBODY = 65534
 _OUTPUT_CAP = 1 << 20
 
-# Runs in the child interpreter (-I -S -B) before the user's code. argv: [-c, sandbox_dir, guard 0/1, *python_args].
-# Everything lives inside _install() so no reference to the hook or its state stays reachable afterwards.
-_PRELUDE = r'''
-import sys, os, runpy
-def _install():
-    import posixpath
-    box = posixpath.realpath(sys.argv[1])
-    roots = tuple(sorted({posixpath.realpath(p) for p in sys.path if p} | {posixpath.dirname(posixpath.realpath(os.__file__))}))
-    devices = ("/dev/null", "/dev/urandom", "/dev/random", "/dev/zero")
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    deny_always = frozenset({
-        "socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname",
-        "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg", "os.fork", "os.forkpty", "os.exec",
-        "os.posix_spawn", "os.spawn", "os.system", "os.startfile", "subprocess.Popen", "pty.spawn", "os.killpg",
-        "signal.pthread_kill", "os.symlink", "os.link", "ctypes.dlopen", "ctypes.dlsym", "ctypes.call_function",
-        "gc.get_referrers", "gc.get_referents", "gc.get_objects", "sys.remote_exec", "os.chroot", "os.setuid",
-        "webbrowser.open", "urllib.Request", "ftplib.connect", "smtplib.connect",
-        "http.client.connect", "imaplib.open", "poplib.connect", "telnetlib.Telnet.open", "shutil.chown"})
-    deny_modules = frozenset({"ctypes", "_ctypes", "_posixsubprocess", "_xxsubinterpreters", "_xxinterpchannels",
-                              "_testcapi", "_testinternalcapi", "_testmultiphase"})
-    mutating = frozenset({"os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown", "os.truncate",
-                          "os.utime", "os.chflags", "os.lchflags", "os.mkfifo", "os.mknod", "os.setxattr",
-                          "os.removexattr", "shutil.rmtree", "shutil.copyfile", "shutil.copytree", "shutil.move"})
-    listing = frozenset({"os.listdir", "os.scandir", "os.chdir", "glob.glob", "glob.glob/2", "os.listxattr",
-                         "os.getxattr"})
-    realpath, isabs, join, getcwd, getpid = posixpath.realpath, posixpath.isabs, posixpath.join, os.getcwd, os.getpid
-    Denied = PermissionError
+CODE_PACKAGE = "emovec.experiments"
+CODE_DIR = "sandbox_code"
 
-    def resolve(p):
-        if type(p) is bytes:
-            p = os.fsdecode(p)
-        if type(p) is not str:
-            raise Denied("sandbox: only plain str/bytes paths are allowed")
-        return realpath(p if isabs(p) else join(getcwd(), p))
 
-    def inside(p, bases):
-        return any(p == b or p.startswith(b + "/") for b in bases)
+@functools.cache
+def sandbox_code(name: str) -> str:
+    """The text of one of the stdlib-only scripts shipped in `emovec/experiments/sandbox_code/` (package data).
 
-    def check(event, args):
-        if event in deny_always:
-            raise Denied(f"sandbox: {event} is not allowed")
-        if event == "import":
-            if args[0].partition(".")[0] in deny_modules:
-                raise Denied(f"sandbox: importing {args[0]} is not allowed")
-            return
-        if event == "open":
-            path, mode, flags = args
-            if type(path) is int:
-                return
-            p = resolve(path)
-            if type(flags) is int:
-                write = bool(flags & write_flags)
-            else:
-                write = any(c in (mode or "") for c in "wax+")
-            if inside(p, (box,)) or (p in devices):
-                return
-            if not write and inside(p, roots):
-                return
-            raise Denied(f"sandbox: {'writing' if write else 'reading'} {p} is outside the sandbox")
-        if event in mutating or event in listing:
-            paths = [a for a in args[:2] if type(a) in (str, bytes)] if event in ("os.rename", "shutil.copyfile", "shutil.copytree", "shutil.move") else [args[0]]
-            if event in listing and args and args[0] is None:
-                return
-            for a in paths:
-                if type(a) is int:
-                    raise Denied(f"sandbox: {event} on a file descriptor is not allowed")
-                p = resolve(a)
-                ok = inside(p, (box,)) or (event in listing and event != "os.chdir" and inside(p, roots))
-                if not ok:
-                    raise Denied(f"sandbox: {event} on {p} is outside the sandbox")
-            return
-        if event == "os.kill":
-            if args[0] != getpid():
-                raise Denied("sandbox: signalling other processes is not allowed")
-            return
-
-    if sys.argv[2] == "1":
-        sys.addaudithook(check)
-    sys.path.insert(0, box)
-    os.chdir(box)
-
-_install()
-del _install
-_args = sys.argv[3:]
-if _args[:1] == ["-m"]:
-    sys.argv = [_args[1]] + _args[2:]
-    del _args
-    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-else:
-    sys.argv = list(_args)
-    del _args
-    runpy.run_path(sys.argv[0], run_name="__main__")
-'''
-
-# Runs as the caller (trusted) in the new session: namespaces, limits, privileges, then exec of the child.
-# argv: [-c, json config]. Exits with the child's status (re-raising its signal).
-_LAUNCHER = r'''
-import ctypes, ctypes.util, json, os, resource, signal, sys
-cfg = json.loads(sys.argv[1])
-notes = []
-CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-libc = None
-if sys.platform.startswith("linux"):
+    `prelude.py` runs in the child before the user's code (audit hook, then the script or module),
+    `launcher.py` sets up namespaces, limits and privileges, `test_runner.py` is the coding tasks' test runner.
+    """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        libc = None
-def unshare(flags):
-    return libc is not None and libc.unshare(flags) == 0
-ns = False
-if libc is not None and cfg["namespaces"]:
-    base = CLONE_NEWPID | (0 if cfg["network"] else CLONE_NEWNET)
-    if os.geteuid() == 0 and unshare(base):
-        ns = True
-    elif unshare(CLONE_NEWUSER | base):
-        ns = True
-        notes.append("user-namespace")
-    if ns:
-        notes += ["pid-namespace"] + ([] if cfg["network"] else ["network-namespace"])
-def limits():
-    lim = [(resource.RLIMIT_AS, cfg["memory"]), (resource.RLIMIT_CPU, cfg["cpu"]), (resource.RLIMIT_FSIZE, cfg["fsize"]),
-           (resource.RLIMIT_NOFILE, cfg["nofile"]), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, cfg["nproc"])]
-    for what, value in lim:
-        if value is None:
-            continue
-        try:
-            resource.setrlimit(what, (value, value))
-        except (ValueError, OSError):
-            pass
-def drop():
-    if cfg["uid"] is None:
-        return
-    os.setgroups([])
-    os.setresgid(cfg["uid"], cfg["uid"], cfg["uid"])
-    os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
-def child():
-    if libc is not None:
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the launcher
-    limits()
-    drop()
-    os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
-notes += ["nobody"] if cfg["uid"] is not None else []
-def report(pid):
-    os.write(cfg["notes_fd"], json.dumps({"layers": notes, "init_pid": pid}).encode())
-    os.close(cfg["notes_fd"])
-if not ns:
-    report(None)
-    child()
-pid = os.fork()
-if pid == 0:
-    try:
-        child()
-    finally:
-        os._exit(127)
-report(pid)
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-_, status = os.waitpid(pid, 0)
-if os.WIFSIGNALED(status):
-    sig = os.WTERMSIG(status)
-    signal.signal(sig, signal.SIG_DFL)
-    os.kill(os.getpid(), sig)
-    os._exit(128 + sig)
-os._exit(os.WEXITSTATUS(status))
-'''
+        return resources.files(CODE_PACKAGE).joinpath(CODE_DIR).joinpath(name).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        raise EmovecError(f"sandbox script {name!r} is missing from {CODE_PACKAGE}/{CODE_DIR}; reinstall emovec") from None
 
 
 @dataclass
@@ -313,7 +167,7 @@ def _write_files(root: Path, files: Mapping[str, str | bytes]) -> None:
 
 
 def _chown_tree(root: Path, uid: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         os.chown(dirpath, uid, uid)
         for n in filenames:
             os.chown(os.path.join(dirpath, n), uid, uid)
@@ -334,16 +188,16 @@ def _remove_tree(root: Path) -> None:
     shutil.rmtree(root, onerror=fix)
 
 
-def _read_capped(fh: object) -> str:
-    fh.seek(0)  # type: ignore[attr-defined]
-    data = fh.read(_OUTPUT_CAP + 1)  # type: ignore[attr-defined]
+def _read_capped(fh: IO[bytes]) -> str:
+    fh.seek(0)
+    data = fh.read(_OUTPUT_CAP + 1)
     text = data[:_OUTPUT_CAP].decode("utf-8", errors="replace")
     return text + ("\n[output truncated]" if len(data) > _OUTPUT_CAP else "")
 
 
 def _signal_reason(sig: int) -> str:
-    names = {signal.SIGXCPU: "cpu time limit", signal.SIGXFSZ: "file size limit", signal.SIGSEGV: "crashed (SIGSEGV)",
-             signal.SIGKILL: "killed (SIGKILL, likely the memory limit)"}
+    names: dict[int, str] = {signal.SIGXCPU: "cpu time limit", signal.SIGXFSZ: "file size limit",
+                             signal.SIGSEGV: "crashed (SIGSEGV)", signal.SIGKILL: "killed (SIGKILL, likely the memory limit)"}
     return names.get(sig, f"killed by signal {signal.Signals(sig).name}")
 
 
@@ -385,13 +239,14 @@ def run_sandboxed(files: Mapping[str, str | bytes], command: str | Sequence[str]
             os.chmod(root, 0o711)
         env = {"PATH": "/usr/bin:/bin", "HOME": str(box), "TMPDIR": str(box), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         nproc = _user_tasks() + max_procs if (not is_root and sys.platform.startswith("linux")) else max_procs
-        child_argv = [interpreter, "-I", "-S", "-B", "-c", _PRELUDE, str(box), "1" if audit_hook else "0", *args]
+        prelude, launcher = sandbox_code("prelude.py"), sandbox_code("launcher.py")
+        child_argv = [interpreter, "-I", "-S", "-B", "-c", prelude, str(box), "1" if audit_hook else "0", *args]
         notes_r, notes_w = os.pipe()
         cfg = {"argv": child_argv, "env": env, "network": network, "namespaces": namespaces,
                "uid": NOBODY if drop else None, "memory": memory_mb << 20, "cpu": int(timeout_s) + 2,
                "fsize": max_file_mb << 20, "nofile": max_open_files, "nproc": nproc, "notes_fd": notes_w}
         with tempfile.TemporaryFile(dir=root) as out, tempfile.TemporaryFile(dir=root) as err:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg)], cwd=box, env=env,
+            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", launcher, json.dumps(cfg)], cwd=box, env=env,
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
                                     pass_fds=(notes_w,))
             os.close(notes_w)

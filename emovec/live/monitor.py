@@ -59,6 +59,8 @@ class AlertRule:
 
 @dataclass
 class Alert:
+    """An alert rule that fired: where in the text, for which emotion, and its score and z-score there."""
+
     position: int
     emotion: str
     score: float
@@ -79,7 +81,7 @@ class TokenEvent:
     row: int = 0
 
 
-def parse_rules(spec: str | Sequence[str] | None, known: list[str]) -> list[AlertRule]:
+def parse_rules(spec: str | dict[str, float] | Sequence[str] | None, known: list[str]) -> list[AlertRule]:
     """Parse "desperate=3,calm=-2.5" into rules (a negative threshold alerts on falling below it)."""
     rules = []
     for name, value in parse_spec(spec).items():
@@ -91,7 +93,7 @@ def parse_rules(spec: str | Sequence[str] | None, known: list[str]) -> list[Aler
 class _Alerter:
     """Tracks smoothed z-scores for one sequence and fires each rule once per crossing."""
 
-    def __init__(self, rules: list[AlertRule], emotions: list[str]):
+    def __init__(self, rules: list[AlertRule], emotions: list[str]) -> None:
         self.rules = rules
         self.idx = {r.emotion: emotions.index(r.emotion) for r in rules}
         self.history: list[np.ndarray] = []
@@ -122,10 +124,12 @@ class Trace:
 
     @property
     def alerts(self) -> list[Alert]:
+        """Every alert fired over the trace, in token order."""
         return [a for e in self.events for a in e.alerts]
 
     @property
     def text(self) -> str:
+        """The monitored text, reassembled from its tokens."""
         return "".join(e.token for e in self.events)
 
     def save(self, path: str | Path) -> Path:
@@ -159,7 +163,7 @@ class Monitor:
     def __init__(self, lm: LanguageModel, vectors: EmotionVectors, layer: int | None = None,
                  emotions: list[str] | str | None = None, rules: list[AlertRule] | None = None,
                  baseline: dict[str, Any] | None = None, guard: str | dict[str, float] | None = None,
-                 guard_layers: str | None = None):
+                 guard_layers: str | None = None) -> None:
         vectors.check_model(lm)
         self.lm, self.vectors = lm, vectors
         self.layer = vectors.default_layer if layer is None else lm.check_layer(layer)
@@ -219,32 +223,39 @@ class Monitor:
         n = len(batch)
         captured: dict[str, torch.Tensor] = {}
 
-        def grab(_idx: int, _m: object, _i: tuple, out: object) -> None:
+        def grab(_idx: int, _m: object, _i: tuple[Any, ...], out: object) -> None:
             captured["h"] = hidden_of(out)[:, -1].detach().float().cpu()
 
         alerters = [_Alerter(self.rules, self.emotions) for _ in range(n)]
         contexts = [""] * n
         guard_rows = torch.zeros(n)
-        with ExitStack() as stack:
+        guard = self.guard
+
+        def hooks() -> ExitStack:  # entered only around forward passes: never left on the model between tokens
+            stack = ExitStack()
             stack.enter_context(layer_hooks(lm, [self.layer], grab))
             if steer is not None:
                 stack.enter_context(steer.apply(lm))
-            if self.guard is not None:
-                stack.enter_context(self.guard.apply(lm, rows=guard_rows))
-            for st in decode(lm, texts, sampling, torch.Generator().manual_seed(seed), feed_last=True, share_prefix=False):
-                if not bool(st.live.any()):
-                    break
-                scores = project(captured["h"], self.vectors, self.layer, self.emotions).numpy()
-                events = []
-                for r in torch.nonzero(st.live).flatten().tolist():
-                    piece = lm.tokenizer.decode([int(st.tokens[r])])
-                    label = self.guard.label if guard_rows[r] else ""
-                    ev = self._event(st.step, piece, scores[r], alerters[r], contexts[r], label, r)
-                    contexts[r] += piece
-                    if ev.alerts and self.guard is not None:
-                        guard_rows[r] = 1.0
-                    events.append(ev)
-                yield events
+            if guard is not None:
+                stack.enter_context(guard.apply(lm, rows=guard_rows))
+            return stack
+
+        steps = decode(lm, texts, sampling, torch.Generator().manual_seed(seed), feed_last=True, share_prefix=False,
+                       step_context=hooks)
+        for st in steps:
+            if not bool(st.live.any()):
+                break
+            scores = project(captured["h"], self.vectors, self.layer, self.emotions).numpy()
+            events = []
+            for r in torch.nonzero(st.live).flatten().tolist():
+                piece = lm.tokenizer.decode([int(st.tokens[r])])
+                label = guard.label if guard is not None and guard_rows[r] else ""
+                ev = self._event(st.step, piece, scores[r], alerters[r], contexts[r], label, r)
+                contexts[r] += piece
+                if ev.alerts and guard is not None:
+                    guard_rows[r] = 1.0
+                events.append(ev)
+            yield events
 
     def generate(self, prompts: str | Sequence[str], sampling: Sampling | None = None, seed: int = 0,
                  chat: bool = True, steer: SteeringVector | None = None) -> list[Trace]:

@@ -41,7 +41,9 @@ class Limits:
 
 
 class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
+    """A request the server refuses, with the HTTP status to answer it with."""
+
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
@@ -92,13 +94,14 @@ def parse_request(body: bytes, vectors: EmotionVectors, limits: Limits) -> dict[
 class Engine:
     """The model, vectors and a lock: turns validated requests into streams of token events."""
 
-    def __init__(self, lm: LanguageModel, vectors: EmotionVectors, layer: int | None = None, limits: Limits | None = None):
+    def __init__(self, lm: LanguageModel, vectors: EmotionVectors, layer: int | None = None, limits: Limits | None = None) -> None:
         self.lm, self.vectors = lm, vectors
         self.limits = limits or Limits()
         self.monitor = Monitor(lm, vectors, layer=layer)
         self.lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
+        """What the web page needs to know: model, layer, emotions and request limits."""
         return {"model": self.lm.name, "layer": self.monitor.layer, "emotions": self.monitor.emotions,
                 "limits": asdict(self.limits)}
 

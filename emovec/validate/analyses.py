@@ -16,7 +16,7 @@ import re
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -54,7 +54,7 @@ def logit_lens(lm: LanguageModel, vectors: EmotionVectors, layer: int | None = N
     g = vectors.center(layer)
     delta = scale * float(vectors.mean_norm[li]) * vectors.matrix(layer, names)
     x = torch.cat([g[None], g[None] + delta]).to(lm.device, lm.dtype)
-    logits = lm.model.get_output_embeddings()(lm.final_norm(x)).float().cpu()
+    logits = cast(Any, lm.model).get_output_embeddings()(lm.final_norm(x)).float().cpu()  # a PreTrainedModel method
     diff = logits[1:] - logits[0]
     vocab = [lm.tokenizer.decode([i]) for i in range(diff.shape[1])]
     allowed = _word_tokens(lm, vocab) if words_only else torch.ones(len(vocab), dtype=torch.bool)
@@ -110,26 +110,35 @@ def _corr(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
             "spearman": float(s[0]), "spearman_p": float(s[1])}
 
 
-def _pca(units: np.ndarray, emotions: list[str], norms: pd.DataFrame | None) -> dict[str, Any]:
-    """PCA of unit vectors with PC1/PC2 oriented and correlated against human valence/arousal."""
+def pca_against_norms(units: np.ndarray, emotions: list[str], norms: pd.DataFrame | None, n_pcs: int = 2) -> dict[str, Any]:
+    """PCA of unit vectors [n, d] (centred, so every emotion weighs the same) with PCs correlated against human norms.
+
+    Sign convention: PC1 flipped so its Pearson r with valence is >= 0, PC2 so its r with
+    arousal is >= 0; PC3 and any PC without 3+ rated emotions so that the emotion with the
+    largest |score| is positive. Returns `explained_variance` (first 5 PCs), `scores`
+    [n, n_pcs], `matched` (the emotions the norms rate) and `correlations`
+    {"pc{j}_valence"|"pc{j}_arousal": Pearson and Spearman r with n and p} for j = 1..n_pcs
+    ({} without norms).
+    """
     x = units - units.mean(0)
     u, s, _ = np.linalg.svd(x, full_matrices=False)
     scores = u * s
     var = s**2 / max(float((s**2).sum()), 1e-30)
     matched = [i for i, e in enumerate(emotions) if norms is not None and e in norms.index]
-    val = norms.loc[[emotions[i] for i in matched], "valence"].to_numpy() if matched else np.zeros(0)
-    aro = norms.loc[[emotions[i] for i in matched], "arousal"].to_numpy() if matched else np.zeros(0)
-    for pc, target in ((0, val), (1, aro)):
-        if pc >= scores.shape[1]:
-            continue
-        if len(matched) >= 3 and np.std(target) > 0:
+    val = norms.loc[[emotions[i] for i in matched], "valence"].to_numpy() if matched and norms is not None else np.zeros(0)
+    aro = norms.loc[[emotions[i] for i in matched], "arousal"].to_numpy() if matched and norms is not None else np.zeros(0)
+    for pc in range(min(n_pcs, scores.shape[1])):
+        target = val if pc == 0 else aro if pc == 1 else None
+        if target is not None and len(matched) >= 3 and np.std(target) > 0:
             sign = np.sign(np.corrcoef(scores[matched, pc], target)[0, 1]) or 1.0
         else:
             sign = np.sign(scores[np.argmax(np.abs(scores[:, pc])), pc]) or 1.0
         scores[:, pc] *= sign
-    pc = {f"pc{j + 1}": scores[matched, j] if j < scores.shape[1] else np.zeros(len(matched)) for j in range(2)}
-    corr = {f"{p}_{name}": _corr(pc[p], t) for p in pc for name, t in (("valence", val), ("arousal", aro))} if norms is not None else {}
-    return {"explained_variance": [float(v) for v in var[:5]], "scores": scores[:, :2], "matched": [emotions[i] for i in matched],
+    pcs = {f"pc{j + 1}": scores[matched, j] if j < scores.shape[1] else np.zeros(len(matched)) for j in range(n_pcs)}
+    corr = {f"{p}_{name}": _corr(pcs[p], t) for p in pcs for name, t in (("valence", val), ("arousal", aro))} if norms is not None else {}
+    padded = np.zeros((scores.shape[0], n_pcs))
+    padded[:, :min(n_pcs, scores.shape[1])] = scores[:, :n_pcs]
+    return {"explained_variance": [float(v) for v in var[:5]], "scores": padded, "matched": [emotions[i] for i in matched],
             "correlations": corr}
 
 
@@ -162,7 +171,7 @@ def geometry(vectors: EmotionVectors, layer: int | None = None, norms: pd.DataFr
     order = [names[i] for i in leaves_list(linkage(m, method="average", metric="cosine"))]
     k = max(1, min(n_clusters, len(names) - 1))
     km = KMeans(n_clusters=k, n_init=10, random_state=0).fit(m).labels_
-    pca = _pca(m, names, norms)
+    pca = pca_against_norms(m, names, norms)
     return {
         "layer": layer, "n_emotions": len(names), "emotions": names, "cosine": np.round(m @ m.T, 4).tolist(),
         "cluster_order": order, "n_clusters": k, "kmeans": {e: int(c) for e, c in zip(names, km)},
@@ -193,7 +202,7 @@ def layer_sweep(vectors: EmotionVectors, recognition: dict[str, Any] | None = No
     rec = {r["layer"]: r for r in (recognition or {}).get("layers", [])}
     rows = []
     for layer in vectors.layers:
-        pca = _pca(_unit_matrix(vectors, layer), list(vectors.emotions), norms)
+        pca = pca_against_norms(_unit_matrix(vectors, layer), list(vectors.emotions), norms)
         c = pca["correlations"]
         rows.append({"layer": layer, "top1": rec.get(layer, {}).get("top1"), "top5": rec.get(layer, {}).get("top5"),
                      "pc1_variance": pca["explained_variance"][0],

@@ -24,6 +24,7 @@ PAPER = {"pc1_variance": 0.26, "pc1_valence_r": 0.81, "pc2_variance": 0.15, "pc2
 
 
 def analyses_dir(run_dir: str | Path) -> Path:
+    """Where a run's analysis results (one JSON file each) are kept: `RUN_DIR/analyses`."""
     return Path(run_dir) / "analyses"
 
 
@@ -83,7 +84,8 @@ def run_analyses(run_dir: str | Path, lm: LanguageModel | None = None, only: lis
     return out
 
 
-def run_compare(run_dir: str | Path, lm_b: LanguageModel, steer_b: SteeringVector | str | list[str] | None = None, lm: LanguageModel | None = None,
+def run_compare(run_dir: str | Path, lm_b: LanguageModel, steer_b: SteeringVector | str | list[str] | None = None,
+                lm: LanguageModel | None = None,
                 layer: int | None = None, chat: bool = True) -> dict[str, Any]:
     """Compare the run's model (a) with `lm_b` (optionally steered, e.g. "sad=0.1") on the built-in implicit scenarios.
 
@@ -111,13 +113,16 @@ def summarize(name: str, r: dict[str, Any]) -> str:
         return (f"geometry (layer {r['layer']}, {r['n_emotions']} emotions): PC1 {r['explained_variance'][0]:.0%} of variance, "
                 f"r with valence {_fmt(c.get('pearson'))} (n={n}; paper 26%, r=0.81, n=45)")
     if name == "layer-sweep":
-        return f"layer sweep: best layer by held-out top-1 {r['best_layer']}, by PC1-valence r {r['best_valence_layer']}, 2/3 depth {r['two_thirds_layer']}"
+        return (f"layer sweep: best layer by held-out top-1 {r['best_layer']}, by PC1-valence r {r['best_valence_layer']}, "
+                f"2/3 depth {r['two_thirds_layer']}")
     if name == "logit-lens":
         lay = r["layers"][max(r["layers"], key=int)]
         e = next(iter(lay["emotions"]))
-        return f"logit lens (layers {', '.join(r['layers'])}): e.g. {e} -> " + " ".join(t.strip() for t, _ in lay["emotions"][e]["promoted"][:6])
+        promoted = " ".join(t.strip() for t, _ in lay["emotions"][e]["promoted"][:6])
+        return f"logit lens (layers {', '.join(r['layers'])}): e.g. {e} -> {promoted}"
     if name == "severity":
-        return f"severity (layer {r['layer']}): direction as expected in {r['n_agree']} of {r['n_tests']} (template, emotion) pairs, n=8 quantities each"
+        return (f"severity (layer {r['layer']}): direction as expected in {r['n_agree']} of {r['n_tests']} (template, emotion) "
+                "pairs, n=8 quantities each")
     if name == "implicit":
         return (f"implicit scenarios (n={r['n']}, layer {r['layer']}): intended emotion top-1 {r['top1']:.0%} "
                 f"(chance {r['chance_top1']:.0%}), top-5 {r['top5']:.0%} (chance {r['chance_top5']:.0%})")

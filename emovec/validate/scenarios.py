@@ -40,10 +40,9 @@ def reply_states(lm: LanguageModel, prompts: Sequence[str], layer: int, chat: bo
     layer = lm.check_layer(layer)
     texts = [lm.chat(p) for p in prompts] if chat else list(prompts)
     tok = lm.tokenizer
-    tok.padding_side = "right"
     out = []
     for i in range(0, len(texts), batch_size):
-        enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
+        enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, padding_side="right", add_special_tokens=not chat)
         enc = {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         last = (enc["attention_mask"].sum(1) - 1).cpu()
         with ExitStack() as stack:
@@ -64,7 +63,9 @@ def _rank_stats(ranks: np.ndarray, n_emotions: int) -> dict[str, Any]:
 
 def severity_templates() -> list[dict[str, Any]]:
     """The built-in severity templates (package data `severity.json`)."""
-    return json.loads(resources.files("emovec").joinpath("data/severity.json").read_text(encoding="utf-8"))["templates"]
+    templates: list[dict[str, Any]] = json.loads(
+        resources.files("emovec").joinpath("data/severity.json").read_text(encoding="utf-8"))["templates"]
+    return templates
 
 
 def severity(lm: LanguageModel, vectors: EmotionVectors, templates: list[dict[str, Any]] | None = None,
@@ -90,7 +91,8 @@ def severity(lm: LanguageModel, vectors: EmotionVectors, templates: list[dict[st
         prompts = [t["prompt"].format(x=f"{q:,}") for q in qs]
         names = [e for e, _ in present]
         s = project(reply_states(lm, prompts, layer), vectors, layer, names).numpy()
-        curves[t["name"]] = {"quantities": qs, "unit": t.get("unit", ""), "scores": {e: s[:, j].round(4).tolist() for j, e in enumerate(names)},
+        curves[t["name"]] = {"quantities": qs, "unit": t.get("unit", ""),
+                             "scores": {e: s[:, j].round(4).tolist() for j, e in enumerate(names)},
                              "expected": dict(present)}
         for j, (e, d) in enumerate(present):
             rho, p = spearmanr(qs, s[:, j])
@@ -158,7 +160,7 @@ def compare_models(lm_a: LanguageModel, lm_b: LanguageModel, vectors: EmotionVec
     a = project(reply_states(lm_a, prompts, layer, chat), vectors, layer).numpy().astype(np.float64)
     b = project(reply_states(lm_b, prompts, layer, chat, steering=steer_b), vectors, layer).numpy().astype(np.float64)
     d = b - a
-    rows = []
+    rows: list[dict[str, Any]] = []
     for j, e in enumerate(vectors.emotions):
         sd = float(d[:, j].std(ddof=1))
         t, p = ttest_rel(b[:, j], a[:, j]) if sd > 0 else (float("nan"), float("nan"))

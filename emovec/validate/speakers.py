@@ -23,6 +23,7 @@ from ..activations import residuals
 from ..corpus import _chunked_run, names_emotion, prompts, topics
 from ..generation import GenerationBackend, Sampling
 from ..models import LanguageModel
+from ..provenance import locked
 from ..rundir import VECTORS_FILE, make_backend, open_run, run_model
 from ..storage import EmovecError, read_jsonl, write_json
 from ..vectors import EmotionVectors
@@ -38,7 +39,6 @@ _TURN = re.compile(r"^[ \t]*(?:\*\*)?(Human|Assistant)(?:\*\*)?[ \t]*:(?:\*\*)?[
 @dataclass
 class Turn:
     """One speaker turn: who speaks and the character span of what they say (label excluded)."""
-
     speaker: str
     start: int
     end: int
@@ -79,15 +79,15 @@ def judge_dialogue(text: str, human_emotion: str, assistant_emotion: str, min_wo
 @dataclass
 class DialogueJob:
     """One prompt to the writer model: an ordered pair of emotions and a topic."""
-
     id: str
     human_emotion: str
     assistant_emotion: str
     topic: str
 
     def prompt(self) -> str:
-        return prompts()["speaker_dialogue"].format(topic=self.topic, human_emotion=self.human_emotion,
-                                                    assistant_emotion=self.assistant_emotion)
+        """The request for one dialogue between a human and an assistant who feel the job's two emotions."""
+        return str(prompts()["speaker_dialogue"].format(topic=self.topic, human_emotion=self.human_emotion,
+                                                        assistant_emotion=self.assistant_emotion))
 
 
 def dialogue_jobs(emotions: Sequence[str], per_pair: int, seed: int = 0) -> list[DialogueJob]:
@@ -109,7 +109,7 @@ def dialogue_jobs(emotions: Sequence[str], per_pair: int, seed: int = 0) -> list
 
 def speaker_dialogues(lm: LanguageModel, backend: GenerationBackend, run_dir: str | Path, emotions: Sequence[str],
                       per_pair: int = 1, sampling: Sampling | None = None, seed: int = 0, chunk: int = 64,
-                      progress: bool = True) -> list[dict]:
+                      progress: bool = True) -> list[dict[str, Any]]:
     """Have the model write dialogues into `run_dir/speakers.jsonl` (resumable); return all rows of the file.
 
     The reply is primed with "Human:" so it opens with the first turn; the prime is kept in the text.
@@ -118,7 +118,7 @@ def speaker_dialogues(lm: LanguageModel, backend: GenerationBackend, run_dir: st
     jobs = dialogue_jobs(list(emotions), per_pair, seed)
     prime = prompts()["speaker_prime"]
 
-    def rows_of(job: DialogueJob, response: str) -> list[dict]:
+    def rows_of(job: DialogueJob, response: str) -> list[dict[str, Any]]:
         text = f"{prime} {response.strip()}".strip()
         reason = judge_dialogue(text, job.human_emotion, job.assistant_emotion)
         return [{"id": job.id, "job": job.id, "human_emotion": job.human_emotion,
@@ -136,11 +136,10 @@ def turn_activations(lm: LanguageModel, texts: Sequence[str], layer: int, batch_
     """Per text, each non-empty turn's (speaker, mean residual after `layer` over the turn's tokens)."""
     layer = lm.check_layer(layer)
     tok = lm.tokenizer
-    tok.padding_side = "right"
     out: list[list[tuple[str, torch.Tensor]]] = []
     for i in range(0, len(texts), batch_size):
         batch = list(texts[i:i + batch_size])
-        enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens,
+        enc = tok(batch, return_tensors="pt", padding=True, padding_side="right", truncation=True, max_length=max_tokens,
                   return_offsets_mapping=True)
         offsets = enc.pop("offset_mapping").tolist()
         inputs = {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
@@ -168,7 +167,7 @@ def _stats(values: Sequence[float]) -> dict[str, float | int | None]:
             "median": float(np.median(v)), "max": float(v.max())}
 
 
-def speaker_probes(lm: LanguageModel, rows: Sequence[dict], layer: int, emotions: Sequence[str] | None = None,
+def speaker_probes(lm: LanguageModel, rows: Sequence[dict[str, Any]], layer: int, emotions: Sequence[str] | None = None,
                    stories_vectors: EmotionVectors | None = None, batch_size: int = 8,
                    max_tokens: int = 512) -> dict[str, Any]:
     """Present- and other-speaker vectors from dialogue rows, their cosines, and their closeness to story vectors.
@@ -202,7 +201,7 @@ def speaker_probes(lm: LanguageModel, rows: Sequence[dict], layer: int, emotions
     pv, ov = pm - pm.mean(0), om - om.mean(0)
     cross = torch.nn.functional.normalize(pv.double(), dim=1) @ torch.nn.functional.normalize(ov.double(), dim=1).T
     off = cross[~torch.eye(len(names), dtype=torch.bool)]
-    per = [{"emotion": e, "present_other": float(cross[i, i])} for i, e in enumerate(names)]
+    per: list[dict[str, Any]] = [{"emotion": e, "present_other": float(cross[i, i])} for i, e in enumerate(names)]
     result: dict[str, Any] = {
         "layer": layer, "emotions": names, "n_dialogues": n_dialogues, "n_rows_used": len(use),
         "n_turns": sum(len(t) for t in acts),
@@ -228,14 +227,14 @@ def speaker_probes(lm: LanguageModel, rows: Sequence[dict], layer: int, emotions
     return result
 
 
+@locked
 def run_speaker_probes(run_dir: str | Path, per_pair: int = 2, emotions: str | Sequence[str] | None = None
-                       ) -> tuple[dict[str, Any], list[dict]]:
+                       ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Write dialogues for a run (resumable), probe them at the default layer, save `analyses/speakers.json`.
 
     Emotions default to DEFAULT_EMOTIONS present in the run's vectors (else its first six).
     Returns (result, dialogue rows).
     """
-
     cfg = open_run(run_dir)
     vecs = EmotionVectors.load(Path(run_dir) / VECTORS_FILE)
     names = vecs.resolve(emotions) if emotions else ([e for e in DEFAULT_EMOTIONS if e in vecs.emotions] or vecs.emotions[:6])
