@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.emovec-installed
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench readme-results clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check emovec tests bench
 	$(VENV)/bin/mypy emovec
+
+# After `make demo`: keep its results file in the repo and regenerate the README's results table from it.
+readme-results: $(STAMP)
+	mkdir -p results && cp runs/demo/results.json results/demo.json
+	$(VENV)/bin/emovec results --readme README.md --from results/demo.json
 
 bench: $(STAMP)
 	$(PY) bench/bench.py

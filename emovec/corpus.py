@@ -126,10 +126,13 @@ class StoryJob:
     person: str
     name: str
     n: int
+    style: str = "plain"
 
     def prime(self) -> str:
         """The opening written into the assistant turn when priming is on (never stored with the story)."""
         p = prompts()
+        if self.style == "plain":
+            return str(p["prime_plain"].format(emotion=self.emotion))
         key = "prime_first_person" if self.person == "first" else "prime_third_person"
         return str(p[key].format(emotion=self.emotion, name=self.name))
 
@@ -138,13 +141,24 @@ class StoryJob:
         p = prompts()
         if self.n > 1:
             return str(p["story_many"].format(n=self.n, topic=self.topic, emotion=self.emotion))
+        if self.style == "plain":
+            return str(p["story_plain"].format(topic=self.topic, emotion=self.emotion))
         key = "story_first_person" if self.person == "first" else "story_third_person"
         return str(p[key].format(topic=self.topic, emotion=self.emotion, name=self.name))
 
 
+STYLES = ("plain", "detailed")
+
+
 def story_jobs(emotions: Sequence[str], per_emotion: int, topic_list: Sequence[str] | None = None,
-               stories_per_prompt: int = 1, seed: int = 0) -> list[StoryJob]:
-    """The deterministic job list: rounds over all emotions, topics shuffled per emotion, persons alternating."""
+               stories_per_prompt: int = 1, seed: int = 0, style: str = "plain") -> list[StoryJob]:
+    """The deterministic job list: rounds over all emotions, topics shuffled per emotion.
+
+    `style` "plain" asks one short request per story (no person named, the default); "detailed"
+    asks for a first- or third-person story (alternating) with instructions on showing the feeling.
+    """
+    if style not in STYLES:
+        raise EmovecError(f"unknown prompt style {style!r}: use plain or detailed")
     if per_emotion < 1:
         raise EmovecError(f"stories per emotion must be >= 1, got {per_emotion}")
     topic_list = list(topic_list or topics())
@@ -158,9 +172,9 @@ def story_jobs(emotions: Sequence[str], per_emotion: int, topic_list: Sequence[s
     for k in range(n_prompts):
         for ei, e in enumerate(emotions):
             rng = random.Random(f"{seed}|{e}|{k}")
-            jobs.append(StoryJob(id=f"{e}|{k}", emotion=e, topic=orders[e][k % len(topic_list)],
-                                 person="first" if (k + ei) % 2 == 0 else "third", name=rng.choice(names),
-                                 n=stories_per_prompt))
+            person = "any" if style == "plain" else "first" if (k + ei) % 2 == 0 else "third"
+            jobs.append(StoryJob(id=f"{e}|{k}", emotion=e, topic=orders[e][k % len(topic_list)], person=person,
+                                 name=rng.choice(names), n=stories_per_prompt, style=style))
     return jobs
 
 
@@ -237,16 +251,17 @@ def _chunked_run(jobs: Sequence[Any], path: Path, backend: GenerationBackend, sa
 def generate_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str | Path, emotions: Sequence[str],
                      per_emotion: int, sampling: Sampling | None = None, seed: int = 0, stories_per_prompt: int = 1,
                      topic_list: Sequence[str] | None = None, chunk: int = 64, progress: bool = True,
-                     prime: bool = False) -> CorpusReport:
+                     prime: bool = False, style: str = "plain") -> CorpusReport:
     """Have the model write `per_emotion` stories per emotion into `run_dir/stories.jsonl` (resumable).
 
-    With `prime`, the reply starts with a short sentence naming the emotion ("I felt
-    calm.") that is removed before storing, so only the model's continuation is kept.
+    `style` picks the request wording (see `story_jobs`). With `prime`, the reply starts with a
+    short sentence naming the emotion ("I felt calm.") that is removed before storing, so only the
+    model's continuation is kept.
     """
     if not emotions:
         raise EmovecError("no emotions to write stories for")
     path = Path(run_dir) / STORIES_FILE
-    jobs = story_jobs(emotions, per_emotion, topic_list, stories_per_prompt, seed)
+    jobs = story_jobs(emotions, per_emotion, topic_list, stories_per_prompt, seed, style)
 
     def rows_of(job: StoryJob, response: str) -> list[dict[str, Any]]:
         stories = parse_stories(response, job.n)[: job.n] or [""]

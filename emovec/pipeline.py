@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .activations import extract_corpus, load_corpus_activations
-from .corpus import generate_neutral, generate_stories, import_stories, load_corpus
+from .corpus import generate_neutral, generate_stories, import_stories, load_corpus, topics
 from .models import LanguageModel
 from .provenance import run_lock
 from .readout import score_texts, token_baseline
@@ -55,8 +55,9 @@ def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
         report = import_stories(cfg.import_stories, run_dir, emotions)
     else:
         report = generate_stories(lm, backend, run_dir, emotions, cfg.per_emotion, cfg.sampling(), cfg.seed,
-                                  cfg.stories_per_prompt, chunk=max(cfg.gen_batch_size, 16), progress=progress,
-                                  prime=cfg.prime)
+                                  cfg.stories_per_prompt, topic_list=topics()[:cfg.topics] if cfg.topics else None,
+                                  chunk=max(cfg.gen_batch_size, 16), progress=progress, prime=cfg.prime,
+                                  style=cfg.prompt_style)
     neutral = generate_neutral(lm, backend, run_dir, cfg.n_neutral, seed=cfg.seed,
                                chunk=max(cfg.gen_batch_size, 16), progress=progress)
     return {"stories": report.summary(), "neutral": neutral.summary()}

@@ -14,10 +14,11 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +27,8 @@ from ._version import __version__
 from .storage import EmovecError, read_json, user_cache_dir, write_error, write_json
 
 LOCK_FILE = ".emovec.lock"
+SETTINGS_FILE = "settings.json"
+log = logging.getLogger(__name__)
 _HELD: set[str] = set()  # run directories this process holds the lock of
 _ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
 
@@ -190,3 +193,42 @@ def locked(fn: _F) -> _F:
             return fn(run_dir, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature; mypy cannot see it
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def check_settings(out_dir: str | Path, settings: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
+                   lm: Any = None, settings_file: str = SETTINGS_FILE, samples_file: str = "samples.jsonl") -> None:
+    """Record `settings` in `out_dir/settings.json` on first start; refuse to resume with different ones.
+
+    Samples made under different generation settings must never be mixed into one
+    result, so a resume whose settings differ from the recorded ones raises a
+    one-line EmovecError naming the keys. `defaults` gives, for keys added to an
+    experiment's settings later, the value a results folder without them was made with.
+    With `lm` (a LanguageModel), what else decides the samples is recorded and checked too:
+    the model's dtype, the library versions and the CPU class (folders made before that was recorded
+    are taken as made under the current ones).
+    """
+    path = Path(out_dir) / settings_file
+    extra = {"dtype": str(lm.dtype).removeprefix("torch."), "versions": library_versions(),
+             "cpu": cpu_info()} if lm is not None else {}
+    now = json.loads(json.dumps({**dict(settings), **extra}))  # compared as stored: tuples are lists
+    defaults = {**json.loads(json.dumps(extra)), **(defaults or {})}
+    if path.exists():
+        old = read_json(path)
+        if not isinstance(old, dict):
+            raise EmovecError(f"{path} is not a settings file; delete {path.parent} to start over")
+        diff = [k for k in sorted(set(now) | set(old)) if old.get(k, defaults.get(k)) != now.get(k, defaults.get(k))]
+        if diff:
+            what = ", ".join(f"{k} ({_short(old.get(k, defaults.get(k)))} there, {_short(now.get(k, defaults.get(k)))} now)"
+                             for k in diff)
+            raise EmovecError(f"{path.parent} holds samples made with different {what}; use the same settings to resume, "
+                              "or delete that folder to start over")
+        return
+    if (Path(out_dir) / samples_file).exists():
+        log.warning("%s has samples but no %s (made by an older emovec): recording the current settings, which "
+                    "the earlier samples cannot be checked against", out_dir, settings_file)
+    write_json(path, now)

@@ -26,6 +26,7 @@ from typing import Any, Literal, cast
 import torch
 
 from .concepts import load_concepts, resolve_emotions
+from .corpus import STYLES
 from .generation import FastBackend, GenerationBackend, HFBackend, Sampling, resolve_writer_dtype
 from .models import DEFAULT_MODEL, LanguageModel, load_model
 from .provenance import cpu_info, drift, file_fingerprint, library_versions
@@ -49,11 +50,14 @@ class RunConfig:
     emotions: list[str] | None = None
     per_emotion: int = 15
     stories_per_prompt: int = 1
+    prompt_style: str = "plain"  # "plain": one short request; "detailed": first/third person with instructions
+    topics: int | None = 12  # how many of the built-in topics stories cycle through (None: all 159)
     prime: bool = False
     n_neutral: int = 200
-    max_new_tokens: int = 170
-    temperature: float = 0.9
-    top_p: float = 0.95
+    max_new_tokens: int = 150
+    temperature: float = 0.8
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
     seed: int = 0
     token_start: int = 50
     keep_layers: list[int] | Literal["all", "two-thirds"] | None = None
@@ -75,22 +79,27 @@ class RunConfig:
 
     def sampling(self) -> Sampling:
         """The story writer's sampling settings from this config."""
-        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                        repetition_penalty=self.repetition_penalty)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Under 10 minutes on 2 CPU cores: 20 well-spread emotions x 32 primed stories.
-    "quick": {"emotions": QUICK_EMOTIONS, "per_emotion": 32, "n_neutral": 64, "max_new_tokens": 150, "prime": True},
-    # The brief's trial size: all 171 emotions x 15 stories (~40 min of generation on 2 cores).
-    "standard": {"per_emotion": 15, "n_neutral": 300, "prime": True},
+    # `make demo`: all 171 emotions x 10 short stories (the default plain recipe, 80 new tokens, pooled from
+    # token 10) and 96 neutral dialogues; sized to stay near 12 minutes on a 2-core CPU with native bf16.
+    "quick": {"per_emotion": 10, "n_neutral": 96, "max_new_tokens": 80, "token_start": 10},
+    # The brief's trial size: all 171 emotions x 15 stories of 150 tokens.
+    "standard": {"per_emotion": 15, "n_neutral": 300},
     # The paper's size: 100 topics x 12 stories per emotion (GPU territory).
     "paper": {"per_emotion": 1200, "n_neutral": 1200, "keep_layers": "two-thirds", "gen_dtype": None},
 }
 
 # Settings that change what a run produces; a resumed run must keep them. Batch sizes, dtypes and the
 # device are among them: they change the numbers (padding, kernels) and so the sampled stories.
-_IDENTITY = ("model", "concepts", "emotions", "stories_per_prompt", "prime", "max_new_tokens", "temperature", "top_p", "seed",
+_IDENTITY = ("model", "concepts", "emotions", "stories_per_prompt", "prompt_style", "topics", "repetition_penalty",
+             "prime", "max_new_tokens", "temperature", "top_p", "seed",
              "token_start", "denoise_fraction", "gen_batch_size", "extract_batch_size", "gen_dtype", "backend", "dtype")
+# What a run.json written before the recipe settings existed was made with (the old default recipe).
+_BEFORE_RECIPES = {"prompt_style": "detailed", "topics": None, "repetition_penalty": 1.1}
 # Provenance entries compared on resume (the thread count is recorded for information only).
 _DRIFT_KEYS = ("versions", "cpu", "model_files", "model_config")
 
@@ -124,6 +133,14 @@ def check_config(cfg: RunConfig, source: str = "run settings") -> None:
         v = getattr(cfg, key)
         if not isinstance(v, int) or isinstance(v, bool) or (low is not None and v < low):
             raise bad(key, "an integer" + (f" >= {low}" if low is not None else ""))
+    if cfg.prompt_style not in STYLES:
+        raise bad("prompt_style", "plain or detailed")
+    if cfg.topics is not None and (not isinstance(cfg.topics, int) or isinstance(cfg.topics, bool) or cfg.topics < 1):
+        raise bad("topics", "a number of topics >= 1, or null for all")
+    if not isinstance(cfg.repetition_penalty, (int, float)) or isinstance(cfg.repetition_penalty, bool) \
+            or not math.isfinite(cfg.repetition_penalty) or cfg.repetition_penalty <= 0:
+        raise bad("repetition_penalty", "a finite number > 0")
+    cfg.repetition_penalty = float(cfg.repetition_penalty)
     for key in ("temperature", "top_p", "denoise_fraction"):
         v = getattr(cfg, key)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
@@ -167,6 +184,7 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool =
         if not isinstance(stored, dict):
             raise EmovecError(f"{path}: not a run file; remove it or choose another run directory")
         known = {f.name for f in dataclasses.fields(RunConfig)}
+        stored = {**_BEFORE_RECIPES, **stored} if "prompt_style" not in stored else stored
         saved = RunConfig(**{k: v for k, v in stored.items() if k in known})
         check_config(saved, f"{path}")
         if config is None:

@@ -18,7 +18,6 @@ from emovec.experiments import EXPERIMENTS, get_experiment
 from emovec.experiments.common import (
     DEFAULT_STRENGTHS,
     bootstrap_ci,
-    check_settings,
     chunk_seed,
     mean_or_none,
     mean_sd,
@@ -30,6 +29,7 @@ from emovec.experiments.common import (
     sweep,
     wilson,
 )
+from emovec.provenance import check_settings
 from emovec.storage import EmovecError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "emovec" / "experiments"

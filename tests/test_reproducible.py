@@ -225,3 +225,17 @@ def test_a_read_only_run_directory_ends_in_one_line(lm, tmp_path):
     finally:
         _umount(disk)
     time.sleep(0.1)
+
+
+def test_experiment_and_speaker_folders_record_versions_and_refuse_other_ones(lm, tmp_path):
+    from emovec.provenance import check_settings
+
+    settings = {"model": "m", "seed": 0, "temperature": 0.7}
+    check_settings(tmp_path, settings, lm=lm, settings_file="speakers.settings.json")
+    stored = read_json(tmp_path / "speakers.settings.json")
+    assert stored["dtype"] == "float32" and stored["versions"]["torch"] == torch.__version__ and stored["cpu"]["model"]
+    check_settings(tmp_path, settings, lm=lm, settings_file="speakers.settings.json")  # same process: resumes
+    stored["versions"]["transformers"] = "0.0.1"
+    (tmp_path / "speakers.settings.json").write_text(json.dumps(stored))
+    with pytest.raises(EmovecError, match="different versions"):
+        check_settings(tmp_path, settings, lm=lm, settings_file="speakers.settings.json")

@@ -28,7 +28,7 @@ from ..generation import Sampling
 from ..live.monitor import Monitor, parse_rules
 from ..models import LanguageModel
 from ..plotting import figure, save_png
-from ..provenance import locked
+from ..provenance import check_settings, locked
 from ..rundir import load_run
 from ..steering import parse_spec
 from ..storage import EmovecError, write_json
@@ -56,7 +56,6 @@ from .common import (
     Rate,
     SampleStore,
     Timing,
-    check_settings,
     chunk_seed,
     experiment_dir,
     generate_steered,

@@ -18,11 +18,10 @@ Every summary has `settings` (including `chunk_seeds`, the seed formula) and
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +34,14 @@ import torch
 from ..activations import _StopForward, hidden_of, layer_hooks, residuals, tokenize
 from ..generation import FastBackend, Sampling
 from ..models import LanguageModel, cache_kw
-from ..provenance import cpu_info, library_versions
 from ..readout import project
 from ..steering import SteeringVector, steering_vector
-from ..storage import EmovecError, append_jsonl, read_json, read_jsonl, write_json
+from ..storage import EmovecError, append_jsonl, read_jsonl
 from ..vectors import EmotionVectors
 
 log = logging.getLogger(__name__)
 
 EXPERIMENTS_DIR = "experiments"
-SETTINGS_FILE = "settings.json"
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
 # Steering strengths of a sweep; the unsteered baseline (0) is always added by `sweep`.
@@ -94,45 +91,6 @@ def experiment_dir(run_dir: str | Path, folder: str) -> Path:
     path = Path(run_dir) / EXPERIMENTS_DIR / folder
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _short(value: Any, width: int = 40) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def check_settings(out_dir: str | Path, settings: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
-                   lm: LanguageModel | None = None) -> None:
-    """Record `settings` in `out_dir/settings.json` on first start; refuse to resume with different ones.
-
-    Samples made under different generation settings must never be mixed into one
-    result, so a resume whose settings differ from the recorded ones raises a
-    one-line EmovecError naming the keys. `defaults` gives, for keys added to an
-    experiment's settings later, the value a results folder without them was made with.
-    With `lm`, what else decides the samples is recorded and checked too: the model's
-    dtype, the library versions and the CPU class (folders made before that was recorded
-    are taken as made under the current ones).
-    """
-    path = Path(out_dir) / SETTINGS_FILE
-    extra = {"dtype": str(lm.dtype).removeprefix("torch."), "versions": library_versions(),
-             "cpu": cpu_info()} if lm is not None else {}
-    now = json.loads(json.dumps({**dict(settings), **extra}))  # compared as stored: tuples are lists
-    defaults = {**json.loads(json.dumps(extra)), **(defaults or {})}
-    if path.exists():
-        old = read_json(path)
-        if not isinstance(old, dict):
-            raise EmovecError(f"{path} is not a settings file; delete {path.parent} to start over")
-        diff = [k for k in sorted(set(now) | set(old)) if old.get(k, defaults.get(k)) != now.get(k, defaults.get(k))]
-        if diff:
-            what = ", ".join(f"{k} ({_short(old.get(k, defaults.get(k)))} there, {_short(now.get(k, defaults.get(k)))} now)"
-                             for k in diff)
-            raise EmovecError(f"{path.parent} holds samples made with different {what}; use the same settings to resume, "
-                              "or delete that folder to start over")
-        return
-    if (Path(out_dir) / SAMPLES_FILE).exists():
-        log.warning("%s has samples but no %s (made by an older emovec): recording the current settings, which "
-                    "the earlier samples cannot be checked against", out_dir, SETTINGS_FILE)
-    write_json(path, now)
 
 
 # ---------------------------------------------------------------------------------------------- statistics

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..generation import Sampling
 from ..models import LanguageModel
 from ..plotting import figure, save_png
-from ..provenance import locked
+from ..provenance import check_settings, locked
 from ..rundir import load_run
 from ..storage import EmovecError, write_json
 from ..vectors import EmotionVectors
@@ -52,7 +52,6 @@ from .common import (
     Rate,
     SampleStore,
     Timing,
-    check_settings,
     chunk_seed,
     experiment_dir,
     generate_steered,

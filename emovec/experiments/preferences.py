@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..models import LanguageModel
 from ..plotting import figure, save_png
-from ..provenance import locked
+from ..provenance import check_settings, locked
 from ..rundir import load_run
 from ..steering import SteeringVector, parse_layers, steering_vector
 from ..storage import EmovecError, write_json
@@ -59,7 +59,6 @@ from .common import (
     Rate,
     SampleStore,
     Timing,
-    check_settings,
     experiment_dir,
     pearson,
     pick_emotions,

@@ -23,12 +23,13 @@ from ..activations import residuals
 from ..corpus import _chunked_run, names_emotion, prompts, topics
 from ..generation import GenerationBackend, Sampling
 from ..models import LanguageModel
-from ..provenance import locked
+from ..provenance import check_settings, locked
 from ..rundir import VECTORS_FILE, make_backend, open_run, run_model
 from ..storage import EmovecError, read_jsonl, write_json
 from ..vectors import EmotionVectors
 
 SPEAKERS_FILE = "speakers.jsonl"
+SPEAKERS_SETTINGS_FILE = "speakers.settings.json"
 SPEAKERS = ("Human", "Assistant")
 DEFAULT_EMOTIONS = ("happy", "sad", "afraid", "angry", "calm", "desperate")
 MIN_DIALOGUE_WORDS = 20
@@ -240,6 +241,10 @@ def run_speaker_probes(run_dir: str | Path, per_pair: int = 2, emotions: str | S
     names = vecs.resolve(emotions) if emotions else ([e for e in DEFAULT_EMOTIONS if e in vecs.emotions] or vecs.emotions[:6])
     lm = run_model(cfg)
     vecs.check_model(lm)
+    # Dialogue jobs are keyed by emotion pair and index; what the keys do not hold is guarded here.
+    check_settings(run_dir, {"model": cfg.model, "seed": cfg.seed, "writer_dtype": cfg.gen_dtype,
+                             "gen_batch_size": cfg.gen_batch_size}, lm=lm, settings_file=SPEAKERS_SETTINGS_FILE,
+                   samples_file=SPEAKERS_FILE)
     rows = speaker_dialogues(lm, make_backend(cfg, lm), run_dir, names, per_pair, seed=cfg.seed)
     result = speaker_probes(lm, rows, vecs.default_layer, names, stories_vectors=vecs)
     write_json(Path(run_dir) / "analyses" / "speakers.json", result)
