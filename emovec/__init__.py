@@ -3,7 +3,8 @@
 The package is layered; each layer imports only the ones below it:
 
 - core stages (this folder): storage, models, concepts, activations, vectors, generation, readout,
-  steering, corpus, recognition, rundir (run directories) and pipeline (the stages of a run);
+  steering, control_vectors (llama.cpp GGUF control vectors), corpus, recognition, rundir (run directories)
+  and pipeline (the stages of a run);
 - `validate/`: the paper's validation analyses and the runner that saves them in a run;
 - `live/`: the streaming monitor and the web server around it;
 - `experiments/`: behavioural experiments under steering;
@@ -16,6 +17,7 @@ This module re-exports the public names, so `import emovec` is all most users ne
 from ._version import __version__
 from .activations import CorpusActivations, extract_corpus, load_corpus_activations, pool_mask, pool_texts
 from .concepts import load_concepts, resolve_emotions
+from .control_vectors import ControlVectorFile, export_emotions, export_gguf, import_gguf, read_gguf
 from .corpus import generate_neutral, generate_stories, import_stories, load_corpus, names_emotion, parse_stories
 from .experiments.blackmail import Grade, Grader, JudgeGrader, RuleGrader, load_scenario, run_blackmail
 from .experiments.common import Condition, SampleStore, reply_scores, sweep, wilson
@@ -48,4 +50,5 @@ __all__ = [
     "Condition", "FastBackend", "Grade", "Grader", "JudgeGrader", "RuleGrader", "SampleStore", "bradley_terry",
     "check_solution", "classify_hack", "decode", "fit_elo", "load_activities", "load_scenario", "load_tasks",
     "pair_preferences", "reply_scores", "run_blackmail", "run_preferences", "run_reward_hacking", "sweep", "wilson",
+    "ControlVectorFile", "export_emotions", "export_gguf", "import_gguf", "read_gguf",
 ]

@@ -1,17 +1,7 @@
-"""The whole pipeline in a run directory: stories -> activations -> vectors -> recognition.
+"""The stages of a run, in its run directory: stories -> activations -> vectors -> recognition.
 
-A run directory holds every stage's artefacts so any stage can be re-run or
-resumed on its own:
-
-    run.json                 the run's settings (model, concepts, corpus sizes, seed...)
-    stories.jsonl            model-written (or imported) stories, filtered rows marked
-    neutral.jsonl            neutral Human/Assistant exchanges
-    activations/             pooled activations, one atomically written shard per chunk
-    vectors.safetensors      EmotionVectors (raw + denoised, mean norms, metadata)
-    recognition.json         held-out recognition per kept layer
-    summary.json             the numbers `emovec run` prints
-    analyses/*.json          validation analyses (logit lens, geometry, layer sweep, severity, implicit)
-    report.html              the self-contained HTML report of all of the above
+Each stage reads and writes the run directory's files (laid out in `rundir`), skips
+what exists and resumes what a killed run left, so any stage can be re-run on its own.
 """
 
 from __future__ import annotations

@@ -80,13 +80,7 @@ def file_fingerprint(path: str | Path) -> str:
     and modification time; a changed file is hashed again.
     """
     path = Path(path)
-    cache_path = user_cache_dir() / "fingerprints.json"
-    try:
-        cache = read_json(cache_path) if cache_path.exists() else {}
-    except EmovecError:
-        cache = {}
-    if not isinstance(cache, dict):
-        cache = {}
+    cache = _load_cache("fingerprints.json")
     total = hashlib.sha256()
     changed = False
     for f in _weight_files(path):
@@ -102,10 +96,7 @@ def file_fingerprint(path: str | Path) -> str:
             changed = True
         total.update(f"{f.name}:{digest}\n".encode())
     if changed:
-        try:
-            write_json(cache_path, cache)
-        except OSError:
-            pass  # a read-only cache only costs the next run a re-hash
+        _save_cache("fingerprints.json", cache)
     return total.hexdigest()[:32]
 
 
@@ -115,23 +106,32 @@ def cached_probe(name: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
     Returns (value, measured_now). A probe decides defaults for new runs only; runs record
     what was decided and never re-probe when they resume.
     """
-    path = user_cache_dir() / "probes.json"
-    try:
-        cache = read_json(path) if path.exists() else {}
-    except EmovecError:
-        cache = {}
-    if not isinstance(cache, dict):
-        cache = {}
+    cache = _load_cache("probes.json")
     key = f"{machine_key()}|{name}"
     if key in cache:
         return cache[key], False
     value = compute()
     cache[key] = value
-    try:
-        write_json(path, cache)
-    except OSError:
-        pass
+    _save_cache("probes.json", cache)
     return value, True
+
+
+def _load_cache(name: str) -> dict[str, Any]:
+    """A JSON table from the user cache ({} when missing or unreadable: a cache is never needed)."""
+    path = user_cache_dir() / name
+    try:
+        data = read_json(path) if path.exists() else {}
+    except EmovecError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_cache(name: str, data: dict[str, Any]) -> None:
+    """Write a JSON table to the user cache; a read-only or full cache only costs the next call a recompute."""
+    try:
+        write_json(user_cache_dir() / name, data)
+    except (EmovecError, OSError):
+        log.info("could not write the cache file %s; it will be recomputed next time", user_cache_dir() / name)
 
 
 def drift(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -124,3 +124,28 @@ def test_one_noisy_token_cannot_fire():
     al = _Alerter([AlertRule("desperate", z=2.0, window=3)], ["desperate"])
     fired = [al.step(i, np.array([z]), np.array([z]), "") for i, z in enumerate([5.0, 0.0, 0.0, 0.0, 3.0, 3.0, 3.0])]
     assert [i for i, f in enumerate(fired) if f] == [5]  # the early spike is averaged away; a sustained rise fires
+
+
+def test_cli_hygiene_sink_units_context_strengths(small_run):
+    """score hides the attention sink and states units; texts past the context and wild strengths are refused."""
+    from click.testing import CliRunner
+
+    from emovec.cli import main
+    from emovec.live.interactive import check_strengths, interactive_threads
+
+    run = CliRunner()
+    res = run.invoke(main, ["score", "The rent is due tomorrow.", "-v", str(small_run), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "residual-stream units" in res.stderr and "attention sink, hidden" in res.stderr
+    rows = [line.split()[0] for line in res.stdout.splitlines()[2:]]  # two header lines (columns, index name)
+    assert rows and "0" not in rows and rows[0] == "1"
+    shown = run.invoke(main, ["score", "The rent is due tomorrow.", "-v", str(small_run), "--show-sink", "--threads", "1"])
+    assert shown.exit_code == 0 and "[sink]" in shown.stdout
+    long = run.invoke(main, ["score", "word " * 9000, "-v", str(small_run), "--threads", "1"])
+    assert long.exit_code == 2 and "context of 8192" in long.stderr
+    wild = run.invoke(main, ["generate", "hi", "-v", str(small_run), "-s", "calm=1000"])
+    assert wild.exit_code == 2 and "--force" in wild.stderr
+    guard = run.invoke(main, ["monitor", "hi", "-v", str(small_run), "--guard", "calm=-5"])
+    assert guard.exit_code == 2 and "guard strength" in guard.stderr
+    assert check_strengths("calm=5", force=True) == {"calm": 5.0}
+    assert interactive_threads(3) == 3 and 1 <= interactive_threads() <= 4

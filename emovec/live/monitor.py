@@ -11,7 +11,7 @@ records when it did.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,10 +186,11 @@ class Monitor:
                row: int = 0) -> TokenEvent:
         z = (s - self.mean) / self.std
         alerts = alerter.step(pos, z, s, context + token)
-        return TokenEvent(pos, token, dict(zip(self.emotions, np.round(s, 3).tolist())),
-                          dict(zip(self.emotions, np.round(z, 3).tolist())), alerts, steering, row)
+        return TokenEvent(pos, token, dict(zip(self.emotions, np.round(s.astype(np.float64), 3).tolist())),
+                          dict(zip(self.emotions, np.round(z.astype(np.float64), 3).tolist())), alerts, steering, row)
 
-    def _meta(self, **extra: Any) -> dict[str, Any]:
+    def meta(self, **extra: Any) -> dict[str, Any]:
+        """What a trace header records: model, layer, emotions, rules, baseline, guard, plus `extra`."""
         return {"model": self.lm.name, "layer": self.layer, "emotions": self.emotions,
                 "rules": [asdict(r) for r in self.rules], "baseline": self.baseline_info,
                 "guard": self.guard.label if self.guard else None, **extra}
@@ -207,10 +208,10 @@ class Monitor:
             else:
                 events.append(self._event(int(pos), row["token"], scores, alerter, context, ""))
             context += row["token"]
-        return Trace(self._meta(source="text"), events)
+        return Trace(self.meta(source="text"), events)
 
     def stream(self, prompts: str | Sequence[str], sampling: Sampling | None = None, seed: int = 0,
-               chat: bool = True, steer: SteeringVector | None = None) -> Iterator[list[TokenEvent]]:
+               chat: bool = True, steer: SteeringVector | None = None) -> Generator[list[TokenEvent], None, None]:
         """Generate from one or more prompts, yielding each step's new tokens (one event per live row).
 
         Runs on emovec's decode loop (`generation.decode`): each token is scored by a
@@ -265,6 +266,6 @@ class Monitor:
         for events in self.stream(batch, sampling, seed, chat, steer):
             for ev in events:
                 per_row[ev.row].append(ev)
-        return [Trace(self._meta(source="generation", prompt=p, seed=seed,
+        return [Trace(self.meta(source="generation", prompt=p, seed=seed,
                                  steer=steer.label if steer is not None else None), evs)
                 for p, evs in zip(batch, per_row)]

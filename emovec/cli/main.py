@@ -1,4 +1,4 @@
-"""The `emovec` command line: a thin layer over the Python API."""
+"""The `emovec` command group, the options shared by its commands, and the run, analysis and report commands."""
 
 from __future__ import annotations
 
@@ -12,25 +12,17 @@ from typing import Any, TypeVar
 
 import click
 
-from . import report as report_layer
-from ._version import __version__
-from .experiments import EXPERIMENTS
-from .experiments.blackmail import run_blackmail
-from .experiments.hacking import run_reward_hacking
-from .experiments.preferences import run_preferences
-from .generation import Sampling, generate_text
-from .live.monitor import Monitor, parse_rules, render_terminal
-from .live.server import serve as run_server
-from .models import load_model
-from .pipeline import prepare, stage_extract, stage_recognition, stage_stories
-from .provenance import run_lock
-from .readout import score_text, top_emotions
-from .rundir import RUN_FILE, VECTORS_FILE, make_config, open_run, run_model
-from .steering import steering_vector
-from .storage import EmovecError, atomic_path, read_json
-from .validate.runner import analyses_dir, run_analyses, run_compare, summarize
-from .validate.speakers import run_speaker_probes
-from .vectors import EmotionVectors
+from .. import report as report_layer
+from .._version import __version__
+from ..models import load_model
+from ..pipeline import prepare, stage_extract, stage_recognition, stage_stories
+from ..provenance import run_lock
+from ..report import results
+from ..rundir import RUN_FILE, VECTORS_FILE, make_config, open_run, run_model
+from ..storage import EmovecError, read_json
+from ..validate.runner import analyses_dir, run_analyses, run_compare, summarize
+from ..validate.speakers import run_speaker_probes
+from ..vectors import EmotionVectors
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -89,7 +81,8 @@ def run_options(f: _F) -> _F:
     """The options that make a run's settings (preset, corpus size, seeds, batch sizes), plus the model options."""
     opts = [
         click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default=None,
-                     help="corpus size preset (quick: 20 emotions x 32 stories; standard: 171 x 15; paper: 171 x 1200)"),
+                     help="corpus size preset (quick: 171 emotions x 10 short stories, the demo; standard: 171 x 15; "
+                          "paper: 171 x 1200)"),
         click.option("--concepts", default=None, help="text file with one emotion per line (default: the 171 built in)"),
         click.option("--emotions", default=None, help="comma-separated subset of the concepts"),
         click.option("--per-emotion", type=click.IntRange(min=1), default=None, help="stories per emotion"),
@@ -102,6 +95,12 @@ def run_options(f: _F) -> _F:
                      help="story length budget in tokens"),
         click.option("--temperature", type=click.FloatRange(min=0, max=2), default=None, help="writer temperature"),
         click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=None, help="writer top-p"),
+        click.option("--prompt-style", type=click.Choice(["plain", "detailed"]), default=None,
+                     help="story request: plain (one short request, default) or detailed (first/third person)"),
+        click.option("--topics", type=click.IntRange(min=1), default=None,
+                     help="number of built-in topics the stories cycle through (default 12)"),
+        click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="writer repetition penalty (default 1.0: none)"),
         click.option("--prime/--no-prime", default=None,
                      help="start each story with a sentence naming the emotion (removed before storing)"),
         click.option("--token-start", type=click.IntRange(min=1), default=None, help="first pooled token position"),
@@ -171,6 +170,11 @@ def run(run_dir: str, model: str | None, device: str, dtype: str | None, allow_d
     cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
     summary = report_layer.run(run_dir, cfg, allow_drift=allow_drift)
     _print_summary(summary)
+    if summary.get("report"):  # the analyses exist: the headline results, also saved as RUN_DIR/results.json
+        res = results.save(run_dir, command=" ".join(["emovec", *sys.argv[1:]]))
+        click.echo("\nheadline results (RUN_DIR/results.json):")
+        for line in results.lines(res):
+            click.echo(f"  {line}")
 
 
 @main.command()
@@ -219,52 +223,6 @@ def _load(vectors: str, model: str | None, device: str, dtype: str | None,
 vectors_option = click.option("--vectors", "-v", required=True, help="vector file or run directory")
 
 
-@main.command()
-@click.argument("text")
-@vectors_option
-@click.option("--layer", type=int, default=None, help="layer to read (default: the vectors' default layer)")
-@click.option("--emotions", default=None, help="comma-separated emotions to show (default: all)")
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="top emotions per token")
-@click.option("--method", type=click.Choice(["projection", "cosine"]), default="projection", show_default=True)
-@click.option("--csv", "csv_path", default=None, help="also write the full tokens x emotions table here")
-@model_options
-def score(text: str, vectors: str, layer: int | None, emotions: str | None, top: int, method: str,
-          csv_path: str | None, model: str | None, device: str, dtype: str | None,
-          trust_remote_code: bool | None) -> None:
-    """Per-token emotion scores of TEXT (projection on unit vectors, centred; see README)."""
-    vecs, lm = _load(vectors, model, device, dtype, trust_remote_code)
-    df = score_text(lm, vecs, text, layer=layer, emotions=emotions, method=method)
-    tops = top_emotions(df, k=min(top, len(df.columns) - 1))
-    click.echo(tops.to_string())
-    if csv_path:
-        with atomic_path(csv_path) as tmp:
-            df.to_csv(tmp)
-        click.echo(f"wrote {csv_path}")
-
-
-@main.command()
-@click.argument("prompt")
-@vectors_option
-@click.option("--steer", "-s", multiple=True, help="EMOTION=STRENGTH, e.g. calm=0.05 (repeatable or comma-separated)")
-@click.option("--layers", default=None, help="steered layers: 20, 18-22 or 10,14,20 (default: the vectors' default layer)")
-@click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=120, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--raw", is_flag=True, help="do not apply the chat template")
-@model_options
-def generate(prompt: str, vectors: str, steer: tuple[str, ...], layers: str | None, max_new_tokens: int,
-             temperature: float, seed: int, raw: bool, model: str | None, device: str, dtype: str | None,
-          trust_remote_code: bool | None) -> None:
-    """Generate a reply to PROMPT, optionally steered along emotion vectors."""
-    vecs, lm = _load(vectors, model, device, dtype, trust_remote_code)
-    sv = steering_vector(vecs, list(steer), layers)
-    with sv.apply(lm):
-        text = generate_text(lm, prompt, Sampling(max_new_tokens=max_new_tokens, temperature=temperature), seed=seed,
-                             chat=not raw)
-    if sv.deltas:
-        click.echo(f"[steering: {sv.label} at layers {sorted(sv.deltas)}]", err=True)
-    click.echo(text)
-
 
 @main.command()
 @click.argument("path")
@@ -297,6 +255,24 @@ def analyze(run_dir: str, only: str | None, force: bool) -> None:
     click.echo(f"results: {analyses_dir(run_dir)}")
 
 
+@main.command("results")
+@click.argument("run_dir", required=False)
+@click.option("--readme", default=None, help="rewrite this README's results table from --from FILE instead")
+@click.option("--from", "from_file", default=None, help="the committed results file for --readme (e.g. results/demo.json)")
+def results_command(run_dir: str | None, readme: str | None, from_file: str | None) -> None:
+    """Headline results of RUN_DIR (written to RUN_DIR/results.json), or rewrite a README's table from a results file."""
+    if readme:
+        if not from_file:
+            raise EmovecError("--readme needs --from RESULTS.json (e.g. results/demo.json)")
+        changed = results.update_readme(readme, from_file)
+        click.echo(f"{readme}: results table {'rewritten' if changed else 'already up to date'} from {from_file}")
+        return
+    if not run_dir:
+        raise EmovecError("give a run directory, or --readme README.md --from results/demo.json")
+    for line in results.lines(results.save(run_dir)):
+        click.echo(line)
+
+
 @main.command()
 @click.argument("run_dir")
 @click.option("--no-compute", is_flag=True, help="render only the analyses already saved (no model needed)")
@@ -319,48 +295,6 @@ def compare(run_dir: str, model_b: str, steer_b: tuple[str, ...], layer: int | N
     click.echo(summarize("compare", run_compare(run_dir, lm_b, list(steer_b) or None, lm=lm, layer=layer, chat=not base)))
 
 
-@main.command()
-@click.argument("prompt")
-@vectors_option
-@click.option("--emotion", "-e", default="desperate", show_default=True, help="emotion that colours the tokens")
-@click.option("--alert", "-a", multiple=True, help="EMOTION=Z alert threshold on the smoothed z-score (negative: alert on falling)")
-@click.option("--guard", "-g", default=None, help="steering switched on when an alert fires, e.g. calm=0.1,desperate=-0.1")
-@click.option("--layer", type=int, default=None, help="monitored layer (default: the vectors' default layer)")
-@click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=120, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--trace", "trace_path", default=None, help="append the trace (tokens, scores, alerts, steering) as JSONL")
-@model_options
-def monitor(prompt: str, vectors: str, emotion: str, alert: tuple[str, ...], guard: str | None, layer: int | None,
-            max_new_tokens: int, temperature: float, seed: int, trace_path: str | None, model: str | None,
-            device: str, dtype: str | None,
-          trust_remote_code: bool | None) -> None:
-    """Generate a reply to PROMPT, printing it coloured by an emotion's z-score, with alerts."""
-    vecs, lm = _load(vectors, model, device, dtype, trust_remote_code)
-    emotion = vecs.resolve([emotion])[0]
-    mon = Monitor(lm, vecs, layer=layer, rules=parse_rules(list(alert), vecs.emotions), guard=guard)
-    trace = mon.generate(prompt, Sampling(max_new_tokens=max_new_tokens, temperature=temperature), seed=seed)[0]
-    click.echo(render_terminal(trace, emotion))
-    for a in trace.alerts:
-        click.echo(f"alert: {a.emotion} z={a.z:+.2f} at token {a.position}: ...{a.context[-60:]!r}", err=True)
-    if trace_path:
-        trace.save(trace_path)
-        click.echo(f"trace appended to {trace_path}", err=True)
-
-
-@main.command()
-@vectors_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind (keep 127.0.0.1 unless you mean it)")
-@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
-@click.option("--layer", type=int, default=None, help="monitored and steered layer (default: the vectors' default)")
-@model_options
-def serve(vectors: str, host: str, port: int, layer: int | None, model: str | None, device: str, dtype: str | None,
-          trust_remote_code: bool | None) -> None:
-    """Serve the live monitor page: type a prompt, watch tokens coloured by emotion, steer with sliders."""
-    vecs, lm = _load(vectors, model, device, dtype, trust_remote_code)
-    click.echo(f"emovec monitor on http://{host}:{port}/  (Ctrl-C to stop)", err=True)
-    run_server(lm, vecs, host=host, port=port, layer=layer)
-
 
 @main.command()
 @click.argument("run_dir")
@@ -376,85 +310,3 @@ def speakers(run_dir: str, per_pair: int, emotions: str | None) -> None:
     click.echo(f"results: {analyses_dir(run_dir) / 'speakers.json'}")
 
 
-@main.group()
-def experiment() -> None:
-    """Behavioural experiments under steering: preferences, blackmail, reward-hacking (resumable, in RUN_DIR/experiments/)."""
-
-
-@experiment.command("preferences")
-@click.argument("run_dir")
-@click.option("--emotions", default=None, help="comma-separated emotions correlated with Elo (default: all in the run)")
-@click.option("--steer", default=None,
-              help="comma-separated emotions to steer with (default: --n-vectors spread over the correlation range)")
-@click.option("--n-vectors", type=click.IntRange(min=0), default=4, show_default=True, help="vectors to steer when --steer is not given")
-@click.option("--strength", type=float, default=0.5, show_default=True, help="steering strength on the activity tokens (paper: 0.5)")
-@click.option("--layers", default=None, help="steered layers, e.g. 18-22 (default: the vectors' default layer)")
-@click.option("--steer-prompts", type=click.IntRange(min=0), default=256, show_default=True,
-              help="prompts per steered vector, a seeded subset of the steered-vs-control pairs (0: all of them)")
-@click.option("--per-group", type=click.IntRange(min=1), default=None, help="use only the first K activities of each group")
-@click.option("--activities", "activities_file", default=None, help="activities JSON (default: the built-in emovec/data/activities.json)")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the steered/control split and the pair subset")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-def experiment_preferences(run_dir: str, emotions: str | None, steer: str | None, n_vectors: int, strength: float,
-                           layers: str | None, steer_prompts: int, per_group: int | None, activities_file: str | None,
-                           seed: int, batch_size: int) -> None:
-    """Activity preferences: Elo from all ordered pairs, its correlation with emotion activations, and steering shifts."""
-    s = run_preferences(run_dir, emotions=emotions, steer=steer, n_vectors=n_vectors, strength=strength, layers=layers,
-                        steer_prompts=steer_prompts or None, per_group=per_group, activities_file=activities_file,
-                        seed=seed, batch_size=batch_size)
-    for line in EXPERIMENTS["preferences"].result_lines(s, run_dir):
-        click.echo(line)
-
-
-@experiment.command("blackmail")
-@click.argument("run_dir")
-@click.option("--n", type=click.IntRange(min=1), default=8, show_default=True, help="samples per condition")
-@click.option("--emotions", default=None, help="comma-separated emotions to steer (default: desperate,calm,angry,nervous where in the run)")
-@click.option("--strengths", default="-0.1,-0.05,0.05,0.1", show_default=True, help="comma-separated steering strengths")
-@click.option("--layers", default=None, help="steered layers, e.g. 18-22 (default: the vectors' default layer)")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=160, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--temperature", type=float, default=0.9, show_default=True)
-@click.option("--guard", default=None, help="add a condition generated with the Monitor guard on, e.g. calm=0.1")
-@click.option("--guard-alert", default="desperate=2", show_default=True, help="alert rule that switches the guard on (EMOTION=Z)")
-@click.option("--scenario", default=None, help="scenario JSON (default: the built-in emovec/data/blackmail.json)")
-@click.option("--prefill", default="", help="text every reply starts with, e.g. '<email><to>' for models too small "
-              "to use the email format unaided (recorded in the results)")
-def experiment_blackmail(run_dir: str, n: int, emotions: str | None, strengths: str, layers: str | None, seed: int,
-                         max_new_tokens: int, batch_size: int, temperature: float, guard: str | None, guard_alert: str,
-                         scenario: str | None, prefill: str) -> None:
-    """Blackmail scenario: rate (Wilson 95%) over N samples, unsteered and under a steering sweep."""
-    s = run_blackmail(run_dir, n=n, emotions=emotions, strengths=strengths, layers=layers, seed=seed,
-                      max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, guard=guard,
-                      guard_alert=guard_alert, scenario=scenario, prefill=prefill)
-    for line in EXPERIMENTS["blackmail"].result_lines(s, run_dir):
-        click.echo(line)
-
-
-@experiment.command("reward-hacking")
-@click.argument("run_dir")
-@click.option("--n", type=click.IntRange(min=1), default=5, show_default=True, help="episodes per condition, cycling through the tasks")
-@click.option("--attempts", type=click.IntRange(min=1, max=10), default=3, show_default=True,
-              help="tries per episode, failing test output fed back after each")
-@click.option("--tasks", default=None, help="comma-separated task ids (default: all in emovec/data/coding_tasks.json)")
-@click.option("--emotions", default=None, help="comma-separated emotions to steer and read out (default: desperate,calm where in the run)")
-@click.option("--strengths", default="-0.1,-0.05,0.05,0.1", show_default=True, help="comma-separated steering strengths")
-@click.option("--layers", default=None, help="steered layers, e.g. 18-22 (default: the vectors' default layer)")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=128, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--temperature", type=float, default=0.7, show_default=True)
-def experiment_reward_hacking(run_dir: str, n: int, attempts: int, tasks: str | None, emotions: str | None,
-                              strengths: str, layers: str | None, seed: int, max_new_tokens: int, batch_size: int,
-                              temperature: float) -> None:
-    """Impossible coding tasks: hack rate (Wilson 95%) under a steering sweep, readout by attempt (sandboxed)."""
-    s = run_reward_hacking(run_dir, n=n, emotions=emotions, strengths=strengths, layers=layers, attempts=attempts,
-                           tasks=tasks, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
-                           batch_size=batch_size, progress=True)
-    for line in EXPERIMENTS["reward-hacking"].result_lines(s, run_dir):
-        click.echo(line)
-
-
-if __name__ == "__main__":
-    main()

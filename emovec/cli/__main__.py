@@ -1,0 +1,5 @@
+"""`python -m emovec.cli`."""
+
+from .main import main
+
+main()
