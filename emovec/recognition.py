@@ -39,6 +39,15 @@ def unit_rows(m: torch.Tensor) -> torch.Tensor:
     return unit
 
 
+def class_means(x: torch.Tensor, y: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Mean row of `x` [n, d] per class index in `y` [n], as [n_classes, d] (NaN for a class with no rows)."""
+    labels = torch.as_tensor(y, dtype=torch.long)
+    sums = torch.zeros(n_classes, x.shape[1], dtype=x.dtype).index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=n_classes).to(x.dtype)
+    means: torch.Tensor = sums / counts[:, None]
+    return means
+
+
 def heldout_ranks(x: torch.Tensor, y: np.ndarray, n_classes: int, comps: torch.Tensor,
                   assign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The k-fold loop of held-out recognition: each item's rank of its true class (0 = top) and its top class.
@@ -53,7 +62,7 @@ def heldout_ranks(x: torch.Tensor, y: np.ndarray, n_classes: int, comps: torch.T
     pred = np.zeros(len(y), dtype=int)
     for f in np.unique(assign):
         tr, te = assign != f, assign == f
-        means = torch.stack([x[tr][y[tr] == k].mean(0) for k in range(n_classes)])
+        means = class_means(x[tr], y[tr], n_classes)
         grand = means.mean(0)
         units = unit_rows(project_out(means - grand, comps))
         scores = (x[te] - grand) @ units.T

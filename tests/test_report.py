@@ -14,6 +14,7 @@ from emovec.report import write_report
 from emovec.storage import write_json
 from emovec.validate.runner import ANALYSES, analyses_dir
 from emovec.validate.scenarios import implicit_rows, severity_templates
+from emovec.validate.steering import SteeringConfig, steering_efficacy, steering_prompts
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,9 @@ def reported_run(lm, small_run, small_vectors, tmp_path_factory):
     prompts = [r["text"] for r in implicit_rows()][:3]
     write_json(analyses_dir(run_dir) / "compare.json",
                compare_models(lm, lm, small_vectors, prompts, steer_b=steering_vector(small_vectors, "sad=0.1")))
+    small = SteeringConfig(emotions=("happy", "sad"), layer_emotions=(), strengths=(-0.2, 0.0, 0.2), layers=(20,),
+                           prompts=tuple(steering_prompts()[:4]), max_new_tokens=16)
+    write_json(analyses_dir(run_dir) / "steering.json", steering_efficacy(lm, small_vectors, small))
     return run_dir, write_report(run_dir, lm)
 
 
@@ -33,9 +37,9 @@ def test_report_is_self_contained_with_every_figure(reported_run):
     text = path.read_text(encoding="utf-8")
     assert path == run_dir / "report.html"
     assert not re.search(r"https?://", text)  # opens offline: no external references at all
-    assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,', text)) == 5
-    for heading in ("Held-out recognition", "Layer sweep", "Geometry", "Logit lens", "Severity scaling",
-                    "Implicit scenarios", "Model comparison"):
+    assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,', text)) == 7
+    for heading in ("What reproduced", "Held-out recognition", "Layer sweep", "Geometry", "Logit lens",
+                    "Severity scaling", "Implicit scenarios", "Corpus scaling", "Steering efficacy", "Model comparison"):
         assert f"<h2>{heading}" in text
     assert "not available" not in text and "could not render" not in text
     assert "0.81 (n=45)" in text and "26%" in text  # the paper's numbers beside ours

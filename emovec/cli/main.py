@@ -245,7 +245,8 @@ def info(path: str) -> None:
 
 @main.command()
 @click.argument("run_dir")
-@click.option("--only", default=None, help="comma-separated subset: logit-lens,geometry,layer-sweep,severity,implicit")
+@click.option("--only", default=None,
+              help="comma-separated subset: logit-lens,geometry,layer-sweep,severity,implicit,scaling,steering")
 @click.option("--force", is_flag=True, help="recompute results that already exist")
 def analyze(run_dir: str, only: str | None, force: bool) -> None:
     """Run the validation analyses on RUN_DIR; results go to RUN_DIR/analyses/*.json."""

@@ -15,7 +15,7 @@ from ..storage import read_json, write_text
 from ..validate.runner import ANALYSES, PAPER, analyses_dir, load_vectors, run_analyses
 from ..vectors import EmotionVectors
 from .experiment_sections import EXPERIMENT_SECTIONS
-from .figures import fig_cosine, fig_implicit, fig_layer_sweep, fig_pca, fig_severity
+from .figures import fig_cosine, fig_implicit, fig_layer_sweep, fig_pca, fig_scaling, fig_severity, fig_steering
 from .html import CSS, esc, fmt, img, section, table
 
 
@@ -130,6 +130,127 @@ def _speakers_html(s: dict[str, Any]) -> str:
             + table(["emotion", "turns (present)", "turns (other)", "cos present/other", "cos story/present", "cos story/other"], rows))
 
 
+def _ms(v: dict[str, Any], spec: str = ".2f") -> str:
+    """mean +- sd (min..max) of a scaling metric summary."""
+    if v.get("mean") is None:
+        return "n/a"
+    return f"{format(v['mean'], spec)} +- {format(v['sd'], spec)} ({format(v['min'], spec)}..{format(v['max'], spec)})"
+
+
+def _scaling_table(sc: dict[str, Any]) -> str:
+    return table(["k", "stories", "top-1", "top-5", "split-half cosine", "PC1 vs valence r", "best |r| PC1-3 vs arousal",
+                  "PC1 variance"],
+                 [[r["k"], r["n_stories"], _ms(r["top1"], ".1%"), _ms(r["top5"], ".1%"), _ms(r["split_half"]),
+                   _ms(r["valence_r"]), _ms(r["arousal_r_best"]), _ms(r["pc1_variance"], ".0%")] for r in sc["rows"]])
+
+
+def _scaling_html(sc: dict[str, Any]) -> str:
+    left = ", ".join(sc["emotions_left_out"])
+    out = (f"<p>How the evidence grows with the number of stories per emotion, from this run's stored activations (no "
+           f"model). Layer {sc['layer']} ({esc(sc.get('role', ''))}), {sc['n_emotions']} emotions with at least "
+           f"{sc['ks'][-1]} stories each{f' (left out, too few stories: {esc(left)})' if left else ''}; "
+           f"{sc['seeds']} random draws per k, recognition {sc['folds']}-fold (at most k) inside each draw. {esc(sc['method'])}. "
+           f"Chance: top-1 {sc['chance_top1']:.1%}, top-5 {sc['chance_top5']:.1%}; human ratings for {sc['n_norms_matched']} "
+           f"of the emotions, expected |r| of unrelated data {fmt(sc['null_abs_r'])}. Split-half needs 2k stories per "
+           f"emotion, so it stops at half the largest k. Cells: mean +- sd (min..max) over draws.</p>"
+           + img(fig_scaling(sc), "corpus scaling") + _scaling_table(sc))
+    for lay, other in sc.get("other_layers", {}).items():
+        out += f"<h3>Layer {esc(lay)}: {esc(other.get('role', ''))}</h3>" + _scaling_table(other)
+    return out
+
+
+def _ci(value: float | None, ci: list[float] | None) -> str:
+    """"+0.43 [+0.15, +0.70]" (or just the value, or n/a)."""
+    return fmt(value, "+.2f") + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
+
+
+def _steering_html(st: dict[str, Any]) -> str:
+    cfg, rec, head = st["settings"], st["recommended"], st["headline"]
+    base = st["unsteered"]
+    way = {1: "up", -1: "down"}
+    yes = {True: "yes", False: "no", None: "n/a"}
+    curves = [[c["emotion"], c["layer"], way.get(c["expected"], "?"), f"{c['useful_range'][0]:+g}..{c['useful_range'][1]:+g}",
+               _ci(c["fit"]["slope"], c["fit"]["ci95"]), fmt(c["fit"]["p"], ".2g"), fmt(c["fit"]["rho"]),
+               fmt(c["readout_fit"]["slope"], "+.1f"), yes[c["as_expected"]], yes[c["monotonic"]]] for c in st["curves"]]
+    seps = [[r["layer"], f"+{r['strength']:g}", _ci(r["diff"], r["ci95"]), fmt(r["t"]), fmt(r["p"], ".2g"),
+             f"{r['n_a']}/{r['n_b']}", yes[r["fluent"]]] for r in st["separations"]]
+    first = next((x for x in st["samples"] if x["emotion"] is None), None)
+    examples = []
+    if first is not None:
+        for x in st["samples"]:
+            same = x["prompt"] == first["prompt"] and x["sample"] == first["sample"]
+            if same and (x["emotion"] is None or (x["layer"] == rec["layer"] and x["emotion"] in ("happy", "sad"))):
+                examples.append([x["arm"], fmt(x["judge"], "+.2f"), x["text"]])
+    return (f"<p>Emotions {esc(', '.join(cfg['emotions']))} steered at layer {cfg['layers'][0]}"
+            + (f"; {esc(', '.join(cfg['layer_emotions']))} also at layers {esc(', '.join(map(str, cfg['layers'][1:])))}"
+               if len(cfg["layers"]) > 1 and cfg["layer_emotions"] else "")
+            + f"; strengths {esc(', '.join(f'{x:+g}' for x in cfg['strengths']))} ({esc(cfg['steering'])}). "
+            f"{len(cfg['prompts'])} neutral prompts x {cfg['samples']} samples per arm, {cfg['max_new_tokens']} new tokens, "
+            f"temperature {cfg['temperature']}, chat template; {st['n_samples']} replies in {st['timing']['total_s']:.0f} s. "
+            f"Judge: {esc(cfg['judge'])}. emovec's own readout: mean projection of the reply tokens on the steered emotion, "
+            f"read unsteered at layer {cfg['readout_layer']}. Fluent: {esc(cfg['fluency'])}; the useful range is the "
+            f"strengths reachable from 0 through fluent ones. Unsteered: VADER {fmt(base['judge']['mean'], '+.2f')}, "
+            f"repetition {fmt(base['repetition'])}.</p>"
+            f"<p><b>Happy vs sad:</b> {esc(head['text'])}.<br><b>Recommended:</b> layer {fmt(rec['layer'])}, strength "
+            f"{fmt(rec['strength'])}, fluent for every emotion steered there over {esc(rec['range'])}; happy and sad stay "
+            f"fluent up to {fmt(rec.get('pair_strength'))}, where they are compared ({esc(rec['why'])}).</p>"
+            + img(fig_steering(st), "steering dose-response")
+            + table(["emotion", "layer", "expected", "fluent range", "slope of VADER per unit strength [95% CI]", "p",
+                     "Spearman rho", "readout slope", "as expected (p < 0.05)", "monotonic"], curves)
+            + "<p>Happy minus sad at the same positive strength (Welch t-test):</p>"
+            + table(["layer", "strength", "VADER difference [95% CI]", "t", "p", "n happy/sad", "fluent"], seps)
+            + "<p>Example replies (first prompt, first sample):</p>" + table(["arm", "VADER", "reply"], examples))
+
+
+def _ok(r: dict[str, Any] | None) -> dict[str, Any] | None:
+    return r if r and "error" not in r else None
+
+
+def _verdict(value: float | None, p: float | None, target: float | None = None) -> str:
+    if value is None or p is None:
+        return "not measured"
+    if value > 0 and p < 0.01 and (target is None or value >= target - 0.15):
+        return "reproduced"
+    return "weaker" if value > 0 and p < 0.05 else "not reproduced"
+
+
+def _headline_html(vecs: EmotionVectors, rec: dict[str, Any] | None, res: dict[str, Any]) -> str:
+    """One screen of headline results against the paper, computed from the saved analyses."""
+    geo, sc, st = _ok(res.get("geometry")), _ok(res.get("scaling")), _ok(res.get("steering"))
+    rows: list[list[Any]] = []
+    if geo:
+        n = (geo.get("norms") or {}).get("n_matched", 0)
+        for key, label, paper in (("pc1_valence", "PC1 vs human valence", PAPER["pc1_valence_r"]),
+                                  ("pc2_arousal", "PC2 vs human arousal", PAPER["pc2_arousal_r"])):
+            c = geo["correlations"].get(key) or {}
+            rows.append([label, f"r = {paper} (n = {PAPER['n_words']})",
+                         f"r = {fmt(c.get('pearson'))} (n = {n}, p = {fmt(c.get('pearson_p'), '.2g')}, layer {geo['layer']})",
+                         _verdict(c.get("pearson"), c.get("pearson_p"), paper)])
+    if rec:
+        at = {r["layer"]: r for r in rec["layers"]}.get(vecs.default_layer)
+        if at:
+            rows.append([f"held-out recognition, {rec['n_emotions']} emotions", "above chance",
+                         f"top-1 {at['top1']:.1%} (chance {rec['chance_top1']:.1%}, p = {at['p_top1']:.2g}), top-5 "
+                         f"{at['top5']:.1%} (chance {rec['chance_top5']:.1%}), n = {rec['n_stories']}",
+                         _verdict(at["top1"] - rec["chance_top1"], at["p_top1"])])
+    if sc and sc["rows"]:
+        a, b = sc["rows"][0], sc["rows"][-1]
+        rows.append([f"corpus scaling, k = {a['k']} -> {b['k']} stories per emotion", "1,200 stories per emotion",
+                     f"top-5 {_ms(a['top5'], '.1%')} -> {_ms(b['top5'], '.1%')}; valence r {fmt(a['valence_r']['mean'])} -> "
+                     f"{fmt(b['valence_r']['mean'])}; best arousal |r| {fmt(b['arousal_r_best']['mean'])} "
+                     f"({sc['seeds']} seeds)", "growing" if (b["top5"]["mean"] or 0) > (a["top5"]["mean"] or 0) else "flat"])
+    if st:
+        h = st["headline"]
+        rows.append(["steering judged from outside (happy vs sad)", "steering moves behaviour as intended", h["text"],
+                     _verdict(h.get("diff"), h.get("p_adjusted"))])
+    if not rows:
+        return "<p class='note'>No analyses saved yet.</p>"
+    return (table(["check", "paper", "this run", "verdict"], rows)
+            + "<p class='note'>Verdicts: reproduced = in the paper's direction with p &lt; 0.01 (correlations also within "
+              "0.15 of the paper's r; steering: p adjusted for the layers the recommendation chose among); weaker = right "
+              "direction, p &lt; 0.05; else not reproduced. Details below.</p>")
+
+
 def write_report(run_dir: str | Path, lm: LanguageModel | None = None, compute: bool = True) -> Path:
     """Write `RUN_DIR/report.html`; with `compute`, first run the analyses whose results are missing."""
     run_dir = Path(run_dir)
@@ -140,12 +261,15 @@ def write_report(run_dir: str | Path, lm: LanguageModel | None = None, compute: 
     rec = read_json(run_dir / "recognition.json") if (run_dir / "recognition.json").exists() else None
     parts = [f"<h1>emovec report: {esc(run_dir.name)}</h1><p class='note'>{esc(vecs.meta.get('model'))}, emovec "
              f"{esc(vecs.meta.get('emovec_version'))}. Every number is as computed on this run, weak ones included.</p>",
+             "<h2>What reproduced, against the paper</h2>" + _headline_html(vecs, rec, res),
              "<h2>Run</h2>" + _summary_html(run_dir, vecs, rec),
              section("Layer sweep", res.get("layer-sweep"), _sweep_html),
              section("Geometry: clusters and PCA against human valence and arousal", res.get("geometry"), _geometry_html),
              section("Logit lens", res.get("logit-lens"), _lens_html),
              section("Severity scaling", res.get("severity"), _severity_html),
-             section("Implicit scenarios", res.get("implicit"), _implicit_html)]
+             section("Implicit scenarios", res.get("implicit"), _implicit_html),
+             section("Corpus scaling: how many stories the model needs", res.get("scaling"), _scaling_html),
+             section("Steering efficacy, judged from outside", res.get("steering"), _steering_html)]
     if compare.exists():
         parts.append(section("Model comparison", read_json(compare), _compare_html))
     if (speakers := analyses_dir(run_dir) / "speakers.json").exists():

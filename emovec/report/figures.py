@@ -130,3 +130,103 @@ def fig_implicit(imp: dict[str, Any]) -> Any:
     return fig
 
 
+
+
+def fig_scaling(sc: dict[str, Any]) -> Any:
+    """Held-out recognition, split-half agreement and norm correlations against stories per emotion, with seed spread.
+
+    Lines are means over seeds, bands min..max; grey lines are chance (recognition) and
+    the expected |r| of unrelated data (correlations, whose sign the PCA convention fixes).
+    """
+    rows = sc["rows"]
+    k = [r["k"] for r in rows]
+    fig, axes = figure(1, 3, figsize=(13, 3.8))
+
+    def band(ax: Any, key: str, label: str, color: str) -> None:
+        pts = [(r["k"], r[key]) for r in rows if r[key]["mean"] is not None]
+        if not pts:
+            return
+        xs = [x for x, _ in pts]
+        ax.plot(xs, [v["mean"] for _, v in pts], "o-", ms=3, color=color, label=label)
+        ax.fill_between(xs, [v["min"] for _, v in pts], [v["max"] for _, v in pts], color=color, alpha=0.18, lw=0)
+
+    band(axes[0], "top1", "held-out top-1", "tab:blue")
+    band(axes[0], "top5", "held-out top-5", "tab:orange")
+    axes[0].axhline(sc["chance_top1"], color="tab:blue", ls=":", lw=1, label="chance top-1")
+    axes[0].axhline(sc["chance_top5"], color="tab:orange", ls=":", lw=1, label="chance top-5")
+    axes[0].set_ylabel("accuracy")
+    axes[0].set_ylim(0, 1.02)
+    band(axes[1], "split_half", "split-half cosine", "tab:green")
+    axes[1].axhline(0, color="grey", ls=":", lw=1, label="no signal")
+    axes[1].set_ylabel("mean cosine, two disjoint draws")
+    band(axes[2], "valence_r", "PC1 vs valence r", "tab:red")
+    band(axes[2], "arousal_r_best", "best |r| PC1-3 vs arousal", "tab:purple")
+    if sc.get("null_abs_r") is not None:
+        axes[2].axhline(sc["null_abs_r"], color="grey", ls=":", lw=1, label="chance |r| (one PC)")
+    axes[2].axhline(0.81, color="tab:red", ls="--", lw=0.8, label="paper valence 0.81")
+    axes[2].axhline(0.66, color="tab:purple", ls="--", lw=0.8, label="paper arousal 0.66")
+    axes[2].set_ylabel(f"Pearson r (n={sc['n_norms_matched']} rated emotions)")
+    axes[2].set_ylim(-0.05, 1.02)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(k, [str(x) for x in k])
+        ax.set_xlabel("stories per emotion (k)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"corpus scaling, layer {sc['layer']}: {sc['n_emotions']} emotions, {sc['seeds']} seeds "
+                 "(line: mean, band: min..max)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def fig_steering(st: dict[str, Any]) -> Any:
+    """Dose-response of the external judge per emotion (95% CIs, one line per layer) and a fluency panel.
+
+    Filled markers are fluent strengths, hollow ones broke the fluency bound; the grey
+    line is the unsteered mean. The last two panels show perplexity ratio and repetition.
+    """
+    emotions = list(dict.fromkeys(c["emotion"] for c in st["curves"]))
+    layers = sorted({c["layer"] for c in st["curves"]})
+    colors = dict(zip(layers, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")))
+    n = len(emotions) + 2
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = figure(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
+    flat = list(axes.flat)
+    base = st["unsteered"]["judge"]["mean"]
+    for ax, e in zip(flat, emotions):
+        for c in (c for c in st["curves"] if c["emotion"] == e):
+            pts = c["points"]
+            xs = [p["strength"] for p in pts]
+            ys = [p["judge"]["mean"] for p in pts]
+            err = [[p["judge"]["mean"] - p["judge"]["ci95"][0] if p["judge"]["ci95"] else 0 for p in pts],
+                   [p["judge"]["ci95"][1] - p["judge"]["mean"] if p["judge"]["ci95"] else 0 for p in pts]]
+            col = colors.get(c["layer"], "black")
+            ax.errorbar(xs, ys, yerr=err, color=col, lw=1, capsize=2, label=f"layer {c['layer']}")
+            for p, y in zip(pts, ys):
+                ax.plot(p["strength"], y, "o", ms=4, color=col, mfc=col if p["fluent"] else "white")
+        if base is not None:
+            ax.axhline(base, color="grey", lw=0.8)
+        way = {1: "up", -1: "down"}.get(st["curves"][[c["emotion"] for c in st["curves"]].index(e)]["expected"], "?")
+        ax.set_title(f"{e} (expected {way})", fontsize=9)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xlabel("strength", fontsize=8)
+        ax.set_ylabel("VADER compound", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    first = st["settings"]["layers"][0]
+    for ax, key, label in ((flat[len(emotions)], "ppl_ratio", "perplexity / unsteered"),
+                           (flat[len(emotions) + 1], "repetition", "repeated bigram rate")):
+        for c in (c for c in st["curves"] if c["layer"] == first):
+            ax.plot([p["strength"] for p in c["points"]], [p[key] for p in c["points"]], "o-", ms=3, label=c["emotion"])
+        ax.set_title(f"fluency, layer {first}", fontsize=9)
+        ax.set_ylabel(label, fontsize=8)
+        ax.set_xlabel("strength", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    cfg = st["settings"]
+    flat[len(emotions)].axhline(cfg["max_ppl_ratio"], color="grey", ls="--", lw=0.8)
+    for ax in flat[n:]:
+        ax.axis("off")
+    fig.suptitle("steering judged from outside: VADER valence of the replies (mean, 95% CI; hollow = not fluent)", fontsize=10)
+    fig.tight_layout()
+    return fig

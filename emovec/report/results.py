@@ -88,7 +88,10 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
                                                     ("top1", "top5", "split_half", "valence_r", "arousal_r_best")}}
                                    for r in scaling.get("rows", [])]}
     if steering:
-        out["steering"] = steering.get("headline") or {}
+        head = steering.get("headline") or {}
+        out["steering"] = {"text": head.get("text"), "diff": head.get("diff"), "ci95": head.get("ci95"),
+                           "p": head.get("p"), "p_adjusted": head.get("p_adjusted"),
+                           "recommended": steering.get("recommended")}
     return out
 
 

@@ -10,16 +10,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..activations import load_corpus_activations
 from ..models import LanguageModel
 from ..rundir import VECTORS_FILE, open_run, run_model
 from ..steering import SteeringVector, steering_vector
 from ..storage import EmovecError, read_json, write_json
 from ..vectors import EmotionVectors
 from . import analyses as an
+from . import scaling as scl
 from . import scenarios as sc
+from . import steering as st
 
-ANALYSES = ("logit-lens", "geometry", "layer-sweep", "severity", "implicit")
-NEEDS_MODEL = {"logit-lens", "severity", "implicit"}
+ANALYSES = ("logit-lens", "geometry", "layer-sweep", "severity", "implicit", "scaling", "steering")
+NEEDS_MODEL = {"logit-lens", "severity", "implicit", "steering"}
 PAPER = {"pc1_variance": 0.26, "pc1_valence_r": 0.81, "pc2_variance": 0.15, "pc2_arousal_r": 0.66, "n_words": 45}
 
 
@@ -33,13 +36,31 @@ def load_vectors(run_dir: Path) -> EmotionVectors:
     return EmotionVectors.load(run_dir / VECTORS_FILE)
 
 
-def _compute(name: str, run_dir: Path, vecs: EmotionVectors, lm: LanguageModel | None) -> dict[str, Any]:
+def _scaling(run_dir: Path, vecs: EmotionVectors) -> dict[str, Any]:
+    """Corpus scaling at the default layer and at the layer sweep's best PC1-valence layer."""
+    stories = load_corpus_activations(run_dir / "activations", "stories")
+    try:
+        neutral = load_corpus_activations(run_dir / "activations", "neutral")
+    except EmovecError:
+        neutral = None
+    sweep_file = analyses_dir(run_dir) / "layer-sweep.json"
+    sweep = read_json(sweep_file) if sweep_file.exists() else an.layer_sweep(vecs)
+    why = "best PC1-valence layer of the layer sweep (chosen on the human norms: not held out)"
+    return scl.scaling_analysis(stories, neutral, vecs, {why: sweep.get("best_valence_layer")})
+
+
+def _compute(name: str, run_dir: Path, vecs: EmotionVectors, lm: LanguageModel | None,
+             steering: st.SteeringConfig | None = None) -> dict[str, Any]:
     if name == "geometry":
         return an.geometry(vecs)
     if name == "layer-sweep":
         rec = read_json(run_dir / "recognition.json") if (run_dir / "recognition.json").exists() else None
         return an.layer_sweep(vecs, rec)
+    if name == "scaling":
+        return _scaling(run_dir, vecs)
     assert lm is not None
+    if name == "steering":
+        return st.steering_efficacy(lm, vecs, steering)
     if name == "logit-lens":
         layers = sorted({vecs.default_layer, max(vecs.layers)})
         return {"layers": {str(lay): an.logit_lens(lm, vecs, layer=lay) for lay in layers}}
@@ -49,12 +70,13 @@ def _compute(name: str, run_dir: Path, vecs: EmotionVectors, lm: LanguageModel |
 
 
 def run_analyses(run_dir: str | Path, lm: LanguageModel | None = None, only: list[str] | None = None,
-                 force: bool = False) -> dict[str, Any]:
+                 force: bool = False, steering: st.SteeringConfig | None = None) -> dict[str, Any]:
     """Compute the analyses missing from `RUN_DIR/analyses/` (all of `only`, or every one), save and return all.
 
     The model is loaded from the run's settings only if a model-based analysis is
     missing. An analysis that fails with an EmovecError is returned as {"error": ...}
-    and not saved, so the rest of the report still renders.
+    and not saved, so the rest of the report still renders. `steering` configures the
+    steering-efficacy analysis (default `SteeringConfig()`).
     """
     run_dir = Path(run_dir)
     names = list(ANALYSES) if only is None else only
@@ -74,7 +96,7 @@ def run_analyses(run_dir: str | Path, lm: LanguageModel | None = None, only: lis
             vecs.check_model(lm)
         try:
             t = time.time()
-            result = _compute(name, run_dir, vecs, lm)
+            result = _compute(name, run_dir, vecs, lm, steering)
             result["seconds"] = round(time.time() - t, 1)
         except EmovecError as exc:
             out[name] = {"error": str(exc)}
@@ -126,6 +148,16 @@ def summarize(name: str, r: dict[str, Any]) -> str:
     if name == "implicit":
         return (f"implicit scenarios (n={r['n']}, layer {r['layer']}): intended emotion top-1 {r['top1']:.0%} "
                 f"(chance {r['chance_top1']:.0%}), top-5 {r['top5']:.0%} (chance {r['chance_top5']:.0%})")
+    if name == "scaling":
+        return _scaling_line(r)
+    if name == "steering":
+        rec = r["recommended"]
+        judged = [c for c in r["curves"] if c["as_expected"] is not None]
+        return (f"steering judged from outside ({r['n_samples']} replies, {r['n_arms']} arms): {r['headline']['text']}; "
+                f"judge moved as expected (slope p < 0.05) in {sum(c['as_expected'] for c in judged)} of {len(judged)} "
+                f"emotion x layer curves, monotonic over the fluent range in {sum(c['monotonic'] for c in r['curves'])}; "
+                f"recommended layer {rec['layer']}, strength {_fmt(rec['strength'])} (fluent for every emotion steered there: "
+                f"{rec['range']}; happy and sad up to {_fmt(rec.get('pair_strength'))})")
     if name == "compare":
         return f"compare ({r['n_prompts']} prompts, layer {r['layer']}): risers {', '.join(r['risers'])}; fallers {', '.join(r['fallers'])}"
     if name == "speakers":
@@ -135,6 +167,23 @@ def summarize(name: str, r: dict[str, Any]) -> str:
         return (f"speaker probes ({r['n_dialogues']} dialogues, {r['n_turns']} turns, {len(r['emotions'])} emotions, layer {r['layer']}): "
                 f"present vs other cosine mean {_fmt(r['present_other']['mean'])} (paper: nearly orthogonal){story}")
     return name
+
+
+def _scaling_line(r: dict[str, Any]) -> str:
+    """The scaling one-liner: the last point (mean +- sd over seeds) against chance, and the last split-half."""
+    def m(row: dict[str, Any], key: str, spec: str = ".2f") -> str:
+        v = row[key]
+        return "n/a" if v["mean"] is None else f"{format(v['mean'], spec)} +- {format(v['sd'], spec)}"
+
+    last = r["rows"][-1]
+    halves = [row for row in r["rows"] if row["split_half"]["n"]]
+    half = f"; split-half cosine {m(halves[-1], 'split_half')} at k={halves[-1]['k']}" if halves else ""
+    other = "".join(f"; layer {lay}: valence r {m(o['rows'][-1], 'valence_r')}" for lay, o in r.get("other_layers", {}).items())
+    return (f"corpus scaling (layer {r['layer']}, {r['n_emotions']} emotions, k = {r['ks'][0]}..{r['ks'][-1]} stories each, "
+            f"{r['seeds']} seeds): at k={last['k']} top-1 {m(last, 'top1', '.1%')} (chance {r['chance_top1']:.1%}), "
+            f"top-5 {m(last, 'top5', '.1%')} (chance {r['chance_top5']:.1%}); PC1 vs valence r {m(last, 'valence_r')}, "
+            f"best |r| PC1-3 vs arousal {m(last, 'arousal_r_best')} (n={r['n_norms_matched']}, chance |r| "
+            f"{_fmt(r['null_abs_r'])}){half}{other}")
 
 
 def _fmt(x: Any, spec: str = ".2f") -> str:
