@@ -82,8 +82,13 @@ def post_and_drop(url: str, req: dict[str, Any], after_lines: int, timeout: floa
 
 
 def hooks_on(model: Any) -> int:
-    """How many forward (pre-)hooks are registered anywhere in the model."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    """How many forward (pre-)hooks other than transformers' own are registered anywhere in the model.
+
+    transformers 5 installs output-capturing hooks on every layer the first time a caller asks for
+    `output_hidden_states` (another test may have); those are its own and stay, so they are not counted.
+    """
+    return sum(not (getattr(h, "__module__", "") or "").startswith("transformers.")
+               for m in model.modules() for hooks in (m._forward_hooks, m._forward_pre_hooks) for h in hooks.values())
 
 
 def rss_mb() -> float:

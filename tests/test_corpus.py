@@ -49,9 +49,14 @@ def test_jobs_deterministic_and_balanced():
     b = story_jobs(["happy", "sad"], 6, seed=3)
     assert [(j.id, j.topic, j.person, j.name) for j in a] == [(j.id, j.topic, j.person, j.name) for j in b]
     assert [j.emotion for j in a[:2]] == ["happy", "sad"]  # rounds over all emotions first
-    persons = [j.person for j in a if j.emotion == "happy"]
+    assert {j.person for j in a} == {"any"} and "Do not use the word happy" in a[0].prompt()  # the plain default
+    detailed = story_jobs(["happy", "sad"], 6, seed=3, style="detailed")
+    persons = [j.person for j in detailed if j.emotion == "happy"]
     assert persons.count("first") == persons.count("third") == 3
+    assert "first person" in detailed[0].prompt() or "third person" in detailed[0].prompt()
     assert len({j.topic for j in a if j.emotion == "happy"}) == 6
+    with pytest.raises(EmovecError, match="prompt style"):
+        story_jobs(["happy"], 1, style="fancy")
     assert len(topics()) >= 100
     prompt = a[0].prompt()
     assert "happy" in prompt and a[0].topic in prompt

@@ -151,7 +151,7 @@ def markdown(res: dict[str, Any]) -> str:
                                  f"{geo.get('layer')}; PC1 {_f(geo.get('pc1_variance'), '.0%')} of variance); best layer "
                                  f"{sweep.get('best_valence_layer')}: r = {_f(sweep.get('best_valence_r'))}",
          f"r = {paper['pc1_valence_r']} (n = {paper['n_words']}), 26% of variance"),
-        ("PC2 vs human arousal", f"r = {_f(geo.get('pc2_arousal_r'))} (n = {geo.get('n_matched')}); largest |r| over "
+        ("PC2 vs human arousal", f"r = {_f(geo.get('pc2_arousal_r'))} (n = {geo.get('n_matched')}); largest abs(r) over "
                                  f"layers {_f(sweep.get('best_arousal_r'))} (layer {sweep.get('best_arousal_layer')})",
          f"r = {paper['pc2_arousal_r']}, 15% of variance"),
     ]

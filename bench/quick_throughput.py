@@ -1,0 +1,48 @@
+"""A quick throughput check for sizing the demo: the story writer and extraction, on the embedded model.
+
+Writes 128 plain-recipe stories (150 new tokens, batch 128) with the bf16 writer, then pools them at all 30
+layers in float32 and in bfloat16. Usage, alone on the machine (~2 minutes on 2 cores):
+
+    .venv/bin/python bench/quick_throughput.py
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import emovec
+from emovec.activations import pool_texts
+from emovec.concepts import load_concepts
+from emovec.corpus import story_jobs, topics
+from emovec.generation import FastBackend, Sampling
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    lm = emovec.load_model("smollm2-135m")
+    print("torch threads", torch.get_num_threads())
+    jobs = story_jobs(load_concepts(), 2, topics()[:12], seed=5, style="plain")[:128]
+    prompts = [lm.chat(j.prompt()) for j in jobs]
+    backend = FastBackend(lm, batch_size=128, dtype="bfloat16")
+    backend.model()
+    sampling = Sampling(max_new_tokens=150, temperature=0.8, top_p=1.0, repetition_penalty=1.0)
+    texts, dt = timed(lambda: backend.generate(prompts, sampling, seed=1))
+    n = sum(len(lm.tokenizer(x)["input_ids"]) for x in texts)
+    print(f"writer bf16: {n} tokens in {dt:.1f} s = {n / dt:.0f} tok/s")
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        lm.model.to(dtype)
+        _, dt = timed(lambda: pool_texts(lm, texts, list(range(lm.n_layers)), start=10, batch_size=16))
+        print(f"extraction {name}: {n} tokens in {dt:.1f} s = {n / dt:.0f} tok/s")
+
+
+if __name__ == "__main__":
+    main()
