@@ -23,6 +23,7 @@ from .rundir import (
     check_drift,
     check_model_for_run,
     clean_stale_temps,
+    current_provenance,
     keep_layers,
     make_backend,
     open_run,
@@ -125,10 +126,11 @@ def prepare(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None
     cfg = open_run(run_dir, cfg, write=False)
     lm = lm or run_model(cfg)
     check_model_for_run(lm, cfg)
-    cfg, notes = resolve_run(cfg, lm)
+    now = current_provenance(lm)  # versions, CPU class, model files: computed once for both checks
+    cfg, notes = resolve_run(cfg, lm, now)
     for note in notes:
         log.info(note)
-    cfg = check_drift(run_dir, cfg, lm, allow_drift)
+    cfg = check_drift(run_dir, cfg, now, allow_drift)
     save_run(run_dir, cfg)  # `cfg` is already merged with what the run had (open_run above)
     clean_stale_temps(run_dir)
     if (Path(run_dir) / VECTORS_FILE).exists():

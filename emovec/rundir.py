@@ -217,16 +217,17 @@ def current_provenance(lm: LanguageModel) -> dict[str, Any]:
             "model_config": lm.fingerprint, "torch_threads": torch.get_num_threads()}
 
 
-def resolve_run(cfg: RunConfig, lm: LanguageModel) -> tuple[RunConfig, list[str]]:
+def resolve_run(cfg: RunConfig, lm: LanguageModel, now: dict[str, Any]) -> tuple[RunConfig, list[str]]:
     """Decide, once, what a new run leaves open: the writer dtype ("auto" becomes a name) and its provenance.
 
-    A run that has its provenance already is returned unchanged (a resume never re-decides).
-    Returns the resolved settings and notes for the user (which writer dtype, and why).
+    `now` is this process's `current_provenance`. A run that has its provenance already is
+    returned unchanged (a resume never re-decides). Returns the resolved settings and notes
+    for the user (which writer dtype, and why).
     """
     if cfg.provenance:
         return cfg, []
     notes = []
-    prov = current_provenance(lm)
+    prov = dict(now)
     if cfg.backend == "fast" and cfg.gen_dtype is not None:
         name, why = resolve_writer_dtype(lm, cfg.gen_dtype)
         cfg = dataclasses.replace(cfg, gen_dtype=name)
@@ -236,13 +237,13 @@ def resolve_run(cfg: RunConfig, lm: LanguageModel) -> tuple[RunConfig, list[str]
     return dataclasses.replace(cfg, provenance=prov), notes
 
 
-def check_drift(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, allow_drift: bool = False) -> RunConfig:
+def check_drift(run_dir: str | Path, cfg: RunConfig, now: dict[str, Any], allow_drift: bool = False) -> RunConfig:
     """Refuse to resume a run under other library versions, another CPU class or other model files.
 
-    With `allow_drift` the resume goes on and the differences are appended to `allowed_drift`
-    (the caller saves the settings), so the run says it was continued under other conditions.
+    `now` is this process's `current_provenance`. With `allow_drift` the resume goes on and the
+    differences are appended to `allowed_drift` (the caller saves the settings), so the run
+    says it was continued under other conditions.
     """
-    now = current_provenance(lm)
     diff = drift({k: cfg.provenance.get(k) for k in _DRIFT_KEYS}, {k: now.get(k) for k in _DRIFT_KEYS})
     if not diff:
         return cfg
