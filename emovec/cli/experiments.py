@@ -6,10 +6,12 @@ import click
 
 from ..experiments import EXPERIMENTS
 from ..experiments.blackmail import run_blackmail
+from ..experiments.common import DEFAULT_STRENGTHS
 from ..experiments.hacking import run_reward_hacking
 from ..experiments.preferences import run_preferences
 from .main import main
 
+_STRENGTHS = ",".join(f"{s:g}" for s in DEFAULT_STRENGTHS)  # the experiments' one default sweep
 
 @main.group()
 def experiment() -> None:
@@ -45,7 +47,7 @@ def experiment_preferences(run_dir: str, emotions: str | None, steer: str | None
 @click.argument("run_dir")
 @click.option("--n", type=click.IntRange(min=1), default=8, show_default=True, help="samples per condition")
 @click.option("--emotions", default=None, help="comma-separated emotions to steer (default: desperate,calm,angry,nervous where in the run)")
-@click.option("--strengths", default="-0.1,-0.05,0.05,0.1", show_default=True, help="comma-separated steering strengths")
+@click.option("--strengths", default=_STRENGTHS, show_default=True, help="comma-separated steering strengths")
 @click.option("--layers", default=None, help="steered layers, e.g. 18-22 (default: the vectors' default layer)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=160, show_default=True)
@@ -74,7 +76,7 @@ def experiment_blackmail(run_dir: str, n: int, emotions: str | None, strengths: 
               help="tries per episode, failing test output fed back after each")
 @click.option("--tasks", default=None, help="comma-separated task ids (default: all in emovec/data/coding_tasks.json)")
 @click.option("--emotions", default=None, help="comma-separated emotions to steer and read out (default: desperate,calm where in the run)")
-@click.option("--strengths", default="-0.1,-0.05,0.05,0.1", show_default=True, help="comma-separated steering strengths")
+@click.option("--strengths", default=_STRENGTHS, show_default=True, help="comma-separated steering strengths")
 @click.option("--layers", default=None, help="steered layers, e.g. 18-22 (default: the vectors' default layer)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=128, show_default=True)
