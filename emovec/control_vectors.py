@@ -43,6 +43,7 @@ holds them unchanged and `--control-vector FILE` reproduces emovec's steering.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -255,3 +256,43 @@ def llama_cli_line(lm: LanguageModel, path: str | Path) -> str:
         return f"llama-cli -m {lm.source} --control-vector {path}"
     return (f"llama-cli -m MODEL.gguf --control-vector {path}  "
             f"(MODEL.gguf: {lm.name} converted with llama.cpp's convert_hf_to_gguf.py)")
+
+
+def apply_to_llama(llama: Any, control: str | Path | ControlVectorFile | SteeringVector | None) -> None:
+    """Set (None: clear) the control vector of a llama-cpp-python `Llama`, as `llama-cli --control-vector` would.
+
+    `control` is a control-vector file (path or as read), or emovec steering itself. Its
+    `direction.K` goes to block K through `llama_set_adapter_cvec` (buffer from layer 1, range
+    = the lowest to the highest steered K). The Llama's cached tokens are dropped, so the next
+    evaluation runs under the new vector instead of reusing a prefix computed under the old one.
+    """
+    import llama_cpp  # optional extra: `make llamacpp`
+
+    n_embd = int(llama.n_embd())
+    n_layer = int(llama_cpp.llama_model_n_layer(llama.model))
+    ctx = llama.ctx
+    llama.reset()
+    if control is None:
+        if llama_cpp.llama_set_adapter_cvec(ctx, None, 0, n_embd, 0, 0) != 0:
+            raise EmovecError("llama.cpp refused to clear the control vector")
+        return
+    if isinstance(control, SteeringVector):
+        directions = {int(k): v.detach().float().cpu() for k, v in control.deltas.items()}
+        where = control.label
+    else:
+        cv = control if isinstance(control, ControlVectorFile) else read_gguf(control)
+        directions, where = cv.directions, str(cv.path)
+    bad = [k for k in directions if not 1 <= k < n_layer]
+    if bad:
+        raise EmovecError(f"{where} steers layer {bad[0]} but llama.cpp can steer only layers 1..{n_layer - 1} of this model")
+    widths = {int(v.shape[0]) for v in directions.values()}
+    if widths != {n_embd}:
+        raise EmovecError(f"{where} has width {widths.pop()} but the llama.cpp model has n_embd {n_embd}")
+    top = max(directions)
+    buf = np.zeros((top, n_embd), dtype=np.float32)  # row K-1 holds direction.K
+    for k, v in directions.items():
+        buf[k - 1] = v.numpy()
+    data = buf.ravel()
+    ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    if llama_cpp.llama_set_adapter_cvec(ctx, ptr, data.size, n_embd, min(directions), top) != 0:
+        raise EmovecError(f"llama.cpp refused the control vector {where}")

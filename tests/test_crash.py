@@ -17,19 +17,14 @@ imports the hand-written test stories instead of generating them.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from crash_helpers import finish, kill_when, start, unique_rows
 
 from emovec.pipeline import run, stage_stories
 from emovec.rundir import make_config, open_run
-from emovec.storage import read_jsonl
 from emovec.vectors import EmotionVectors
 
 DATA = Path(__file__).parent / "data"
@@ -66,38 +61,11 @@ def _extract_settings(tmp_path: Path) -> dict:
 
 
 def _start(run_dir: Path, stage: str, settings: dict) -> subprocess.Popen:
-    env = dict(os.environ, TQDM_DISABLE="1")
-    return subprocess.Popen([sys.executable, "-c", _DRIVER, str(run_dir), stage, json.dumps(settings)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
-
-
-def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120) -> bool:
-    """SIGKILL `proc` as soon as `ready()` holds; False if it finished first."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if ready():
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    raise AssertionError("the kill point was never reached")
+    return start(_DRIVER, str(run_dir), stage, json.dumps(settings))
 
 
 def _finish(run_dir: Path, stage: str, settings: dict) -> None:
-    proc = _start(run_dir, stage, settings)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0 and b"done" in out, err.decode()[-2000:]
-
-
-def _rows(path: Path) -> list[dict]:
-    rows = read_jsonl(path)
-    ids = [r["id"] for r in rows]
-    assert len(ids) == len(set(ids)), f"duplicated rows in {path}"
-    return rows
+    finish(_start(run_dir, stage, settings), timeout=300)
 
 
 def _seed_neutral(run_dir: Path) -> None:
@@ -112,19 +80,19 @@ def test_killed_story_generation_resumes_identically(lm, tmp_path):
     ref = tmp_path / "ref"
     cfg = open_run(ref, make_config(**STORY_SETTINGS))
     stage_stories(ref, cfg, lm, progress=False)
-    expected = _rows(ref / "stories.jsonl")
+    expected = unique_rows(ref / "stories.jsonl")
     assert len(expected) == 20
 
     crashed = tmp_path / "crashed"
     proc = _start(crashed, "stories", STORY_SETTINGS)
-    killed = _kill_when(proc, lambda: (crashed / "stories.jsonl").exists())
+    killed = kill_when(proc, lambda: (crashed / "stories.jsonl").exists())
     if killed:
-        partial = _rows(crashed / "stories.jsonl")
+        partial = unique_rows(crashed / "stories.jsonl")
         assert len(partial) < 20, "killed too late to test a resume"
         with open(crashed / "stories.jsonl", "ab") as fh:
             fh.write(b'{"id": "happy|9#0", "job": "happy|9", "text": "torn wri')  # a torn tail as from a kill mid-append
     _finish(crashed, "stories", STORY_SETTINGS)
-    got = _rows(crashed / "stories.jsonl")
+    got = unique_rows(crashed / "stories.jsonl")
     assert [r["id"] for r in got] == [r["id"] for r in expected]  # nothing lost, nothing twice, same order
     assert [r["text"] for r in got] == [r["text"] for r in expected]  # per-chunk seeds: same stories
 
@@ -147,7 +115,7 @@ def test_killed_extraction_resumes_to_the_same_vectors(lm, tmp_path):
     ]
     for name, ready in kill_points:
         proc = _start(crashed, "run", settings)
-        assert _kill_when(proc, ready), f"the run finished before the kill point {name!r}"
+        assert kill_when(proc, ready), f"the run finished before the kill point {name!r}"
         assert not (crashed / "summary.json").exists()
     # a writer killed inside atomic_path leaves a half-written temporary file: it must never be taken for the real one
     good = (crashed / "vectors.safetensors").read_bytes()
@@ -163,7 +131,7 @@ def test_killed_extraction_resumes_to_the_same_vectors(lm, tmp_path):
     assert got.components.keys() == expected.components.keys()
     for layer, comps in expected.components.items():
         assert torch.allclose(got.components[layer], comps, atol=TOLERANCE, rtol=0)
-    assert _rows(crashed / "stories.jsonl") == _rows(ref / "stories.jsonl")
+    assert unique_rows(crashed / "stories.jsonl") == unique_rows(ref / "stories.jsonl")
     summary = json.loads((crashed / "summary.json").read_text())
     assert summary["recognition"]["n_stories"] == len(EMOTIONS) * PER_EMOTION
 
