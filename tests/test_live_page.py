@@ -149,3 +149,21 @@ def test_side_by_side_comparison(site, browser):
     assert "difference" in page.text_content("#diff") and "desperate" in page.text_content("#diff")
     page.screenshot(path=str(SHOTS / "page-compare.png"), full_page=True)
     page.close()
+
+
+def test_page_asks_for_the_api_key_when_one_is_set(site, browser):
+    _, engine = site
+    with running(make_app(engine, api_key="page-key")) as (url, _):
+        page, _ = _open(browser, url)  # the page and /api/info load without the key
+        assert page.locator("#apikey").is_visible()
+        _send(page, "Say hi.", 4)
+        page.wait_for_function("document.querySelector('#status').className === 'error'", timeout=30_000)
+        assert "API key" in page.text_content("#status")
+        page.fill("#apikey", "page-key")
+        _send(page, "Say hi.", 4)
+        page.wait_for_function(DONE, timeout=60_000)
+        assert page.locator("#reply span.tok").count() >= 1
+        page.close()
+    plain, _ = _open(browser, site[0])
+    assert not plain.locator("#apikey").is_visible()  # no key set: no key field
+    plain.close()

@@ -11,6 +11,7 @@ from ..control_vectors import CONVENTION, architecture, export_emotions, import_
 from ..generation import Sampling, generate_text
 from ..live.interactive import Z_UNITS, check_context, check_strengths, interactive_threads, sink_and_units
 from ..live.monitor import Monitor, parse_rules, render_terminal
+from ..live.server import check_bind
 from ..live.server import serve as run_server
 from ..readout import score_text, top_emotions
 from ..steering import steering_vector
@@ -141,14 +142,18 @@ def monitor(prompt: str, vectors: str, emotion: str, alert: tuple[str, ...], gua
 @click.option("--layer", type=int, default=None, help="monitored and steered layer (default: the vectors' default)")
 @click.option("--allow-host", multiple=True,
               help="also answer requests naming this Host (repeatable; '*' for any): for a non-loopback bind")
+@click.option("--api-key", envvar="EMOVEC_API_KEY", default=None, show_envvar=True,
+              help="require Authorization: Bearer KEY for generating (/api/generate, /v1); needed off loopback")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: half the cores, 1-4)")
 @model_options
-def serve(vectors: str, host: str, port: int, layer: int | None, allow_host: tuple[str, ...], threads: int | None,
-          model: str | None, device: str, dtype: str | None, trust_remote_code: bool | None) -> None:
-    """Serve the live monitor page: type a prompt, watch tokens coloured by emotion, steer with sliders."""
+def serve(vectors: str, host: str, port: int, layer: int | None, allow_host: tuple[str, ...], api_key: str | None,
+          threads: int | None, model: str | None, device: str, dtype: str | None, trust_remote_code: bool | None) -> None:
+    """Serve the live monitor page and an OpenAI-compatible API (/v1: models, chat completions, completions)."""
+    check_bind(host, api_key)
     torch.set_num_threads(interactive_threads(threads))
     vecs, lm = _load(vectors, model, device, dtype, trust_remote_code)
-    click.echo(f"emovec monitor on http://{host}:{port}/  (Ctrl-C to stop; {torch.get_num_threads()} torch threads)", err=True)
-    run_server(lm, vecs, host=host, port=port, layer=layer, allow_hosts=allow_host)
+    click.echo(f"emovec monitor on http://{host}:{port}/, OpenAI API at http://{host}:{port}/v1  (Ctrl-C to stop; "
+               f"{torch.get_num_threads()} torch threads{'; API key required' if api_key else ''})", err=True)
+    run_server(lm, vecs, host=host, port=port, layer=layer, allow_hosts=allow_host, api_key=api_key)
 
 

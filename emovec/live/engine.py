@@ -21,6 +21,7 @@ from typing import Any
 
 from ..generation import Sampling
 from ..models import LanguageModel
+from ..readout import stored_baseline
 from ..steering import steering_vector
 from ..storage import EmovecError
 from ..vectors import EmotionVectors
@@ -74,6 +75,8 @@ class Engine:
         self.monitor = Monitor(lm, vectors, layer=layer)
         self.layer = self.monitor.layer
         self.emotions = self.monitor.emotions
+        # the layers a request may monitor (and steer): those with a stored token baseline
+        self.layers = [x for x in vectors.layers if stored_baseline(vectors, x) is not None]
         self.context = model_context(lm)
         self.stats = {"served": 0, "cancelled": 0, "timed_out": 0, "failed": 0, "busy": 0}
         self._pending: deque[Job] = deque()
@@ -85,9 +88,10 @@ class Engine:
 
     def info(self) -> dict[str, Any]:
         """What the web page needs to know: model, layer, emotions, context, request limits."""
-        return {"model": self.lm.name, "layer": self.layer, "emotions": self.emotions, "context": self.context,
-                "limits": asdict(self.limits), "units": "z: projection on the unit vector at the monitored layer, "
-                "minus the neutral-text mean, over the neutral-text standard deviation (token_baseline)"}
+        return {"model": self.lm.name, "layer": self.layer, "layers": self.layers, "emotions": self.emotions,
+                "context": self.context, "limits": asdict(self.limits),
+                "units": "z: projection on the unit vector at the monitored layer, minus the neutral-text mean, "
+                         "over the neutral-text standard deviation (token_baseline)"}
 
     def status(self) -> dict[str, Any]:
         """Queue length, whether a generation runs, the worker's health and counters."""
@@ -158,6 +162,8 @@ class Engine:
     def render(self, req: GenerateRequest) -> str:
         """The text the model continues: the conversation through the chat template (or a bare prompt as is)."""
         turns = req.conversation()
+        if req.raw:
+            return turns[0]["content"]
         if not self.lm.has_chat_template:
             if req.messages is not None:
                 raise EmovecError(f"{self.lm.name} has no chat template, so it cannot read a conversation")
@@ -187,17 +193,19 @@ class Engine:
             self._finish(job, {"type": "error", "error": f"prompt is {n_prompt} tokens; with {req.max_new_tokens} new "
                                f"tokens that passes the model's context of {self.context}"})
             return
+        layer = self.layer if req.layer is None else req.layer
         steer = {k: v for k, v in req.steer.items() if v}
-        sv = steering_vector(self.vectors, steer) if steer else None
+        sv = steering_vector(self.vectors, steer, layer) if steer else None
         guard = {k: v for k, v in req.guard.items() if v}
         rules = parse_rules({k: v for k, v in req.alerts.items() if v}, self.vectors.emotions)
-        mon = Monitor(self.lm, self.vectors, layer=self.layer, rules=rules, guard=guard or None)
+        mon = Monitor(self.lm, self.vectors, layer=layer, rules=rules, guard=guard or None, guard_layers=str(layer))
         meta = mon.meta(source="live", messages=req.conversation(), seed=req.seed, temperature=req.temperature,
                         steer=sv.label if sv is not None else None, steer_spec=steer, prompt_tokens=n_prompt)
         if not job.deliver({"type": "start", "meta": meta}):
             job.cancel("client gone")
-        sampling = Sampling(max_new_tokens=req.max_new_tokens, temperature=req.temperature)
-        n, stopped, start = 0, None, time.monotonic()
+        sampling = Sampling(max_new_tokens=req.max_new_tokens, temperature=req.temperature,
+                            top_p=Sampling.top_p if req.top_p is None else req.top_p)
+        n, stopped, finish, reply, start = 0, None, "stop", "", time.monotonic()
         steps = mon.stream(text, sampling, seed=req.seed, chat=False, steer=sv)
         try:
             stopped = self._stop_reason(job)
@@ -207,12 +215,18 @@ class Engine:
                     break
                 for ev in events:
                     n += 1
+                    reply += ev.token
                     if not job.deliver(token_payload(ev)):
                         job.cancel("client gone")
+                if any(s in reply for s in req.stop):
+                    finish = "stop"
+                    break
+                finish = "length" if n >= req.max_new_tokens else "stop"
                 stopped = self._stop_reason(job)
         finally:
             steps.close()  # frees the KV cache now, not at garbage collection
         if stopped is None:
             self.stats["served"] += 1
         self._finish(job, {"type": "done", "tokens": n, "steer": steer, "guard": guard, "seed": req.seed,
-                           "stopped": stopped, "seconds": round(time.monotonic() - start, 3)})
+                           "stopped": stopped, "finish_reason": None if stopped else finish, "prompt_tokens": n_prompt,
+                           "seconds": round(time.monotonic() - start, 3)})

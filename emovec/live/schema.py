@@ -10,8 +10,11 @@ then the schema (strict types: `"3"`, `2.9` and `true` are not integers), then t
 from __future__ import annotations
 
 import difflib
+import hmac
+import ipaddress
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -19,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
 
 
 @dataclass
@@ -37,11 +41,11 @@ class Limits:
 
 
 class BadRequest(Exception):
-    """A request the server refuses, with the HTTP status to answer it with."""
+    """A request the server refuses, with the HTTP status to answer it with (and the parameter at fault, if one)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.param = status, param
 
 
 class Turn(BaseModel):
@@ -57,6 +61,9 @@ class GenerateRequest(BaseModel):
 
     `steer` is added at the monitored layer for the whole reply; `guard` is switched on
     when an alert fires; `alerts` maps an emotion to a z threshold (negative: alert on falling).
+    `raw` continues a bare prompt as is (no chat template); `top_p` None keeps emovec's default
+    sampling; the reply ends once it contains one of `stop`; `layer` (None: the server's) is the
+    monitored and steered layer, one with a stored token baseline.
     """
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
@@ -68,6 +75,10 @@ class GenerateRequest(BaseModel):
     steer: dict[str, float] = Field(default_factory=dict)
     alerts: dict[str, float] = Field(default_factory=dict)
     guard: dict[str, float] = Field(default_factory=dict)
+    raw: bool = False
+    top_p: float | None = None
+    stop: list[str] = Field(default_factory=list)
+    layer: int | None = None
 
     def conversation(self) -> list[dict[str, str]]:
         """The request as chat messages (a bare prompt is one user turn)."""
@@ -95,6 +106,26 @@ def check_headers(headers: Any, allowed_hosts: frozenset[str], post: bool) -> No
         ctype = str(headers.get("content-type", "")).split(";")[0].strip().lower()
         if ctype != "application/json":
             raise BadRequest(415, "send the body as application/json")
+
+
+def check_auth(headers: Any, api_key: str | None) -> None:
+    """With a key set, refuse (401) a request without `Authorization: Bearer <key>` (compared in constant time)."""
+    if api_key is None:
+        return
+    scheme, _, token = str(headers.get("authorization", "")).strip().partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise BadRequest(401, "missing or wrong API key: send the header Authorization: Bearer <key>, the key given "
+                         "to emovec serve --api-key (or EMOVEC_API_KEY)")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server on this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def json_depth(text: str, limit: int) -> int:
@@ -166,13 +197,14 @@ def strict_json(body: bytes, limits: Limits) -> Any:
     return data
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
+    """The first schema error as one line: where, what, and how many more."""
     err = exc.errors(include_url=False)[0]
     where = ".".join(str(p) for p in err["loc"]) or "body"
     return f"{where}: {err['msg']}" + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else "")
 
 
-def parse_request(body: bytes, emotions: list[str], limits: Limits) -> GenerateRequest:
+def parse_request(body: bytes, emotions: list[str], limits: Limits, layers: Collection[int] | None = None) -> GenerateRequest:
     """Validate a /api/generate body; raise BadRequest(4xx, one-line reason) on anything wrong.
 
     Emotion names are resolved by the caller (`Engine.resolve`); here they only need to be known.
@@ -183,31 +215,52 @@ def parse_request(body: bytes, emotions: list[str], limits: Limits) -> GenerateR
     try:
         req = GenerateRequest.model_validate(data)
     except ValidationError as exc:
-        raise BadRequest(422, _first_error(exc)) from None
+        raise BadRequest(422, first_error(exc)) from None
+    check_request(req, emotions, limits, layers)
+    return req
+
+
+def unknown_emotion(key: str, name: str, emotions: list[str]) -> BadRequest:
+    """The 422 for an emotion name these vectors lack, with the closest known name."""
+    close = difflib.get_close_matches(name, emotions, n=1)
+    return BadRequest(422, f"{key}: unknown emotion {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""), key)
+
+
+def check_request(req: GenerateRequest, emotions: list[str], limits: Limits, layers: Collection[int] | None = None) -> None:
+    """The checks past the schema: one prompt form, sizes, ranges, known emotions, a monitored layer (`layers`)."""
     if (req.prompt is None) == (req.messages is None):
         raise BadRequest(422, "give either prompt or messages")
     turns = req.conversation()
     if not turns or len(turns) > limits.max_turns:
-        raise BadRequest(422, f"messages must hold 1..{limits.max_turns} turns")
-    if turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
-        raise BadRequest(422, "prompt must be a non-empty string (the last message a non-empty user turn)")
+        raise BadRequest(422, f"messages must hold 1..{limits.max_turns} turns", "messages")
+    if req.raw and req.messages is not None:
+        raise BadRequest(422, "raw continues a bare prompt; it cannot take messages", "raw")
+    if not req.raw and (turns[-1]["role"] != "user" or not turns[-1]["content"].strip()):
+        raise BadRequest(422, "prompt must be a non-empty string (the last message a non-empty user turn)", "messages")
+    if req.raw and not turns[0]["content"]:
+        raise BadRequest(422, "prompt must be a non-empty string", "prompt")
     if sum(len(t["content"]) for t in turns) > limits.max_prompt_chars:
         raise BadRequest(413, f"prompt over {limits.max_prompt_chars} characters")
     if not 1 <= req.max_new_tokens <= limits.max_new_tokens:
-        raise BadRequest(422, f"max_new_tokens must be 1..{limits.max_new_tokens}")
+        raise BadRequest(422, f"max_new_tokens must be 1..{limits.max_new_tokens}", "max_new_tokens")
     if not 0.0 <= req.temperature <= 2.0:
-        raise BadRequest(422, "temperature must be in [0, 2]")
+        raise BadRequest(422, "temperature must be in [0, 2]", "temperature")
+    if req.top_p is not None and not 0.0 < req.top_p <= 1.0:
+        raise BadRequest(422, "top_p must be in (0, 1]", "top_p")
+    if len(req.stop) > 4 or not all(0 < len(s) <= 64 for s in req.stop):
+        raise BadRequest(422, "stop must hold at most 4 non-empty strings of up to 64 characters", "stop")
+    if req.layer is not None and layers is not None and req.layer not in layers:
+        raise BadRequest(422, f"layer {req.layer} is not monitored here (layers with a token baseline: "
+                         f"{', '.join(map(str, sorted(layers)))})", "layer")
     known = set(emotions)
     for key in ("steer", "alerts", "guard"):
         spec: dict[str, float] = getattr(req, key)
         if len(spec) > limits.max_steered:
-            raise BadRequest(422, f"{key} must hold at most {limits.max_steered} emotion: number pairs")
+            raise BadRequest(422, f"{key} must hold at most {limits.max_steered} emotion: number pairs", key)
         for name, value in spec.items():
             if name not in known:
-                close = difflib.get_close_matches(name, emotions, n=1)
-                raise BadRequest(422, f"{key}: unknown emotion {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                raise unknown_emotion(key, name, emotions)
             if key != "alerts" and abs(value) > limits.max_strength:
-                raise BadRequest(422, f"{key}.{name} must be within +-{limits.max_strength}")
+                raise BadRequest(422, f"{key}.{name} must be within +-{limits.max_strength}", key)
             if key == "alerts" and abs(value) > 50:
-                raise BadRequest(422, f"alerts.{name} must be a z threshold within +-50")
-    return req
+                raise BadRequest(422, f"alerts.{name} must be a z threshold within +-50", key)
