@@ -117,11 +117,38 @@ def select_tasks(spec: str | Sequence[str] | None, tasks: Sequence[CodingTask] |
 
 _BLOCK = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _FILE_HEADER = re.compile(r"^\s*#\s*(?:file(?:name)?\s*:\s*)?([A-Za-z_][A-Za-z0-9_]*\.py)\s*$")
+# Where a model's own tests start inside the solution's block: a self-import, a test class, unittest.main(), a main guard.
+_TEST_SECTION = re.compile(r"^(?:from\s+solution\s+import\b|import\s+solution\b|class\s+\w*Test\w*\s*[(:]|"
+                           r"unittest\.main\s*\(|if\s+__name__\s*==)", re.M)
+
+
+def drop_test_section(code: str, function: str | None) -> str:
+    """`code` without the tests a model appended after its `function` in the same block.
+
+    Models that write real code often put a `test_solution.py`-style suite (importing from
+    `solution`, calling `unittest.main()`) below the function in one block; written as
+    solution.py, that suite would run or import itself when the task's tests import the
+    solution, and every test would error. Only a top-level test section *after* the
+    function's definition is cut; anything before it (a patch of `time` or `unittest`,
+    say) stays and is judged.
+    """
+    found = re.search(rf"^def\s+{re.escape(function)}\s*\(", code, re.M) if function else None
+    if found is None:
+        return code
+    section = _TEST_SECTION.search(code, found.end())
+    if section is None:
+        return code
+    head = code[: section.start()].rstrip()
+    lines = head.split("\n")
+    while lines and re.match(r"^(?:import\s+unittest|from\s+unittest\s+import\b.*|import\s+pytest)\s*$", lines[-1]):
+        lines.pop()  # the suite's own imports, just above it
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def extract_files(reply: str, function: str | None = None) -> dict[str, str]:
     """The files a reply writes: a complete code block headed `# name.py` is that file (header dropped); the
-    solution is the first other Python block defining `function` (else the first Python block, else the reply)."""
+    solution is the first other Python block defining `function` (else the first Python block, else the reply),
+    without a test section the model appended below the function (`drop_test_section`)."""
     files: dict[str, str] = {}
     plain: list[str] = []
     for match in _BLOCK.finditer(reply):
@@ -136,7 +163,7 @@ def extract_files(reply: str, function: str | None = None) -> dict[str, str]:
         else:
             plain.append(body)
     defining = [b for b in plain if function and re.search(rf"^\s*def\s+{re.escape(function)}\s*\(", b, re.M)]
-    files[SOLUTION_FILE] = (defining or plain or [reply])[0]
+    files[SOLUTION_FILE] = drop_test_section((defining or plain or [reply])[0], function)
     return files
 
 
