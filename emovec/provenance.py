@@ -84,20 +84,36 @@ def file_fingerprint(path: str | Path) -> str:
     total = hashlib.sha256()
     changed = False
     for f in _weight_files(path):
-        st = f.stat()
-        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        digest = cache.get(key)
-        if not isinstance(digest, str):
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                while block := fh.read(1 << 22):
-                    h.update(block)
-            digest = cache[key] = h.hexdigest()
-            changed = True
+        digest, hashed = _file_digest(f, cache)
+        changed |= hashed
         total.update(f"{f.name}:{digest}\n".encode())
     if changed:
         _save_cache("fingerprints.json", cache)
     return total.hexdigest()[:32]
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of one file (hex), cached like `file_fingerprint`'s: a changed file is hashed again."""
+    cache = _load_cache("fingerprints.json")
+    digest, hashed = _file_digest(Path(path), cache)
+    if hashed:
+        _save_cache("fingerprints.json", cache)
+    return digest
+
+
+def _file_digest(f: Path, cache: dict[str, Any]) -> tuple[str, bool]:
+    """(sha256 hex of `f`, whether it was hashed now) from `cache`, keyed by path, size and mtime."""
+    st = f.stat()
+    key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    digest = cache.get(key)
+    if isinstance(digest, str):
+        return digest, False
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    cache[key] = h.hexdigest()
+    return cache[key], True
 
 
 def cached_probe(name: str, compute: Callable[[], Any]) -> tuple[Any, bool]:

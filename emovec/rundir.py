@@ -3,7 +3,7 @@
 A run directory holds every stage's artefacts so any stage can be re-run or
 resumed on its own:
 
-    run.json                 the run's settings (model, concepts, corpus sizes, seed...)
+    run.json                 the run's settings (model, writer, concepts, corpus sizes, seed...)
     stories.jsonl            model-written (or imported) stories, filtered rows marked
     neutral.jsonl            neutral Human/Assistant exchanges
     activations/             pooled activations, one atomically written shard per chunk
@@ -12,6 +12,10 @@ resumed on its own:
     summary.json             the numbers `emovec run` prints
     analyses/*.json          validation analyses (logit lens, geometry, layer sweep, severity, implicit)
     report.html              the self-contained HTML report of all of the above
+
+The stories and neutral dialogues are written by the run's `writer` (by default the model
+itself) and read by its `model`, so a base model without a chat template can be read while
+an instruct model writes for it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class RunConfig:
     """Settings of one run; stored as `run.json` and checked when a run is resumed."""
 
     model: str = DEFAULT_MODEL
+    writer: str | None = None  # the model that writes the corpora (None: `model`; a new run records the name)
     concepts: str | None = None
     emotions: list[str] | None = None
     per_emotion: int = 15
@@ -77,6 +82,10 @@ class RunConfig:
     provenance: dict[str, Any] = field(default_factory=dict)
     allowed_drift: list[dict[str, Any]] = field(default_factory=list)
 
+    def writer_model(self) -> str:
+        """The model that writes the stories and neutral dialogues: `writer`, or the run's model itself."""
+        return self.writer or self.model
+
     def sampling(self) -> Sampling:
         """The story writer's sampling settings from this config."""
         return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
@@ -96,13 +105,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # Settings that change what a run produces; a resumed run must keep them. Batch sizes, dtypes and the
 # device are among them: they change the numbers (padding, kernels) and so the sampled stories.
-_IDENTITY = ("model", "concepts", "emotions", "stories_per_prompt", "prompt_style", "topics", "repetition_penalty",
+_IDENTITY = ("model", "writer", "concepts", "emotions", "stories_per_prompt", "prompt_style", "topics", "repetition_penalty",
              "prime", "max_new_tokens", "temperature", "top_p", "seed",
              "token_start", "denoise_fraction", "gen_batch_size", "extract_batch_size", "gen_dtype", "backend", "dtype")
 # What a run.json written before the recipe settings existed was made with (the old default recipe).
 _BEFORE_RECIPES = {"prompt_style": "detailed", "topics": None, "repetition_penalty": 1.1}
 # Provenance entries compared on resume (the thread count is recorded for information only).
-_DRIFT_KEYS = ("versions", "cpu", "model_files", "model_config")
+_DRIFT_KEYS = ("versions", "cpu", "model_files", "model_config", "writer_files", "writer_config")
 
 
 def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
@@ -122,7 +131,7 @@ def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
 
 _INT_MIN = {"per_emotion": 1, "stories_per_prompt": 1, "n_neutral": 0, "max_new_tokens": 1, "seed": None,
             "token_start": 1, "gen_batch_size": 1, "extract_batch_size": 1, "folds": 2}
-_OPTIONAL_STR = ("concepts", "gen_dtype", "dtype", "import_stories")
+_OPTIONAL_STR = ("writer", "concepts", "gen_dtype", "dtype", "import_stories")
 
 
 def check_config(cfg: RunConfig, source: str = "run settings") -> None:
@@ -193,12 +202,13 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool =
         if config.gen_dtype == "auto" and saved.gen_dtype != "auto":  # "auto" means: what this run decided
             config = dataclasses.replace(config, gen_dtype=saved.gen_dtype)
         for key in _IDENTITY:
-            a, b = getattr(saved, key), getattr(config, key)
+            a, b = _identity_value(saved, key), _identity_value(config, key)
             if a != b:
                 raise EmovecError(f"{run_dir} was started with {key}={a!r}, not {b!r}; resume with the same settings "
                                   "or use a new run directory")
         merged = dataclasses.replace(config, per_emotion=max(saved.per_emotion, config.per_emotion),
-                                     provenance=saved.provenance, allowed_drift=saved.allowed_drift)
+                                     writer=config.writer or saved.writer, provenance=saved.provenance,
+                                     allowed_drift=saved.allowed_drift)
         if write:
             write_json(path, dataclasses.asdict(merged))
         return merged
@@ -210,29 +220,47 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool =
     return config
 
 
-def current_provenance(lm: LanguageModel) -> dict[str, Any]:
-    """What this process would write a run with: library versions, CPU class, model files and config, threads."""
-    return {"versions": library_versions(), "cpu": cpu_info(),
-            "model_files": file_fingerprint(lm.source) if lm.source is not None and lm.source.exists() else None,
+def _identity_value(cfg: RunConfig, key: str) -> Any:
+    """A setting as compared on resume (the writer as the model that writes: no writer is the model itself)."""
+    return cfg.writer_model() if key == "writer" else getattr(cfg, key)
+
+
+def _files_of(lm: LanguageModel) -> str | None:
+    return file_fingerprint(lm.source) if lm.source is not None and lm.source.exists() else None
+
+
+def current_provenance(lm: LanguageModel, writer: LanguageModel | None = None) -> dict[str, Any]:
+    """What this process would write a run with: library versions, CPU class, model files and config, threads,
+    and the writer's files and config when another model writes the corpora."""
+    prov = {"versions": library_versions(), "cpu": cpu_info(), "model_files": _files_of(lm),
             "model_config": lm.fingerprint, "torch_threads": torch.get_num_threads()}
+    if writer is not None and writer is not lm:
+        prov.update(writer_files=_files_of(writer), writer_config=writer.fingerprint)
+    return prov
 
 
-def resolve_run(cfg: RunConfig, lm: LanguageModel, now: dict[str, Any]) -> tuple[RunConfig, list[str]]:
-    """Decide, once, what a new run leaves open: the writer dtype ("auto" becomes a name) and its provenance.
+def resolve_run(cfg: RunConfig, lm: LanguageModel, now: dict[str, Any],
+                writer: LanguageModel | None = None) -> tuple[RunConfig, list[str]]:
+    """Decide, once, what a new run leaves open: the writer's name and dtype ("auto" becomes a name), and its provenance.
 
-    `now` is this process's `current_provenance`. A run that has its provenance already is
-    returned unchanged (a resume never re-decides). Returns the resolved settings and notes
-    for the user (which writer dtype, and why).
+    `now` is this process's `current_provenance`; `writer` is the model that writes the corpora
+    (default `lm`), whose dtype is decided. A run that has its provenance already is returned
+    unchanged (a resume never re-decides). Returns the resolved settings and notes for the user
+    (which writer and dtype, and why).
     """
     if cfg.provenance:
         return cfg, []
     notes = []
     prov = dict(now)
+    writes = not cfg.import_stories or cfg.n_neutral > 0
+    cfg = dataclasses.replace(cfg, writer=cfg.writer_model())
+    if writes and writer is not None and writer is not lm:
+        notes.append(f"story writer: {cfg.writer} ({writer.name}); {cfg.model} reads")
     if cfg.backend == "fast" and cfg.gen_dtype is not None:
-        name, why = resolve_writer_dtype(lm, cfg.gen_dtype)
+        name, why = resolve_writer_dtype(writer or lm, cfg.gen_dtype)
         cfg = dataclasses.replace(cfg, gen_dtype=name)
         prov["writer_dtype_reason"] = why
-        if not cfg.import_stories or cfg.n_neutral:
+        if writes:
             notes.append(f"story writer dtype: {name} ({why})")
     return dataclasses.replace(cfg, provenance=prov), notes
 
@@ -269,12 +297,20 @@ def save_run(run_dir: str | Path, cfg: RunConfig) -> None:
     write_json(Path(run_dir) / RUN_FILE, dataclasses.asdict(cfg))
 
 
-def check_model_for_run(lm: LanguageModel, cfg: RunConfig) -> None:
-    """Refuse, before anything is written, a run the model cannot do (writing needs a chat template)."""
+def check_model_for_run(lm: LanguageModel, cfg: RunConfig, writer: LanguageModel | None = None) -> None:
+    """Refuse, before anything is written, a run its writer cannot do (writing needs a chat template).
+
+    `writer` is the model that writes the corpora (default `lm`); the model that only reads needs none.
+    """
     writes = not cfg.import_stories or cfg.n_neutral > 0
-    if writes and not lm.has_chat_template:
-        raise EmovecError(f"{lm.name} has no chat template, so it cannot write stories or dialogues; use an instruct "
-                          "model, or --import stories written elsewhere with --n-neutral 0")
+    if not writes or (writer or lm).has_chat_template:
+        return
+    if writer is not None and writer is not lm:
+        raise EmovecError(f"the writer {writer.name} has no chat template, so it cannot write stories or dialogues; "
+                          "pass an instruct model as --writer")
+    raise EmovecError(f"{lm.name} has no chat template, so it cannot write stories or dialogues; let an instruct "
+                      f"model write them for it (--writer {DEFAULT_MODEL}), or --import stories written elsewhere "
+                      "with --n-neutral 0")
 
 
 def clean_stale_temps(run_dir: str | Path) -> int:
@@ -295,6 +331,13 @@ def run_emotions(cfg: RunConfig) -> list[str]:
 def run_model(cfg: RunConfig) -> LanguageModel:
     """Load the model a run was configured with, on its device and dtype."""
     return load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+
+
+def run_writer(cfg: RunConfig, lm: LanguageModel) -> LanguageModel:
+    """The model that writes a run's corpora: `lm` (the run's model) itself, or the `writer` loaded like it."""
+    if cfg.writer_model() == cfg.model:
+        return lm
+    return load_model(cfg.writer_model(), device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
 
 
 def make_backend(cfg: RunConfig, lm: LanguageModel) -> GenerationBackend:

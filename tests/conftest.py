@@ -21,6 +21,28 @@ def lm():
 
 
 @pytest.fixture(scope="session")
+def plain_model_dir(tmp_path_factory):
+    """A tiny real Llama saved as a local directory, with a tokenizer that has no chat template (a base model)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["the cat sat on the mat", "a calm day"], trainers.WordLevelTrainer(
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                                bos_token="<s>", eos_token="</s>")
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=len(fast), pad_token_id=0)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("plain-model")
+    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
+    fast.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
 def small_run(lm, tmp_path_factory) -> Path:
     """A run directory with imported stories + neutral dialogues, extracted at every layer."""
     from emovec.pipeline import stage_extract, stage_recognition, stage_stories

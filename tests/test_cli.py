@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -67,33 +69,31 @@ def test_run_refuses_missing_model_and_empty_corpus(tmp_path):
     _assert_clean_error(_run("stories", str(tmp_path / "r2"), "--import", str(empty), "--n-neutral", "0"), "no stories")
 
 
-@pytest.fixture(scope="module")
-def plain_model_dir(tmp_path_factory):
-    """A tiny real Llama saved as a local directory, with a tokenizer that has no chat template."""
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(["the cat sat on the mat", "a calm day"], trainers.WordLevelTrainer(
-        special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                                bos_token="<s>", eos_token="</s>")
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=len(fast), pad_token_id=0)
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("plain-model")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(d)
-    fast.save_pretrained(d)
-    return d
-
-
 def test_model_without_chat_template_is_refused_before_writing(plain_model_dir, tmp_path):
     run_dir = tmp_path / "r"
     res = _run("run", str(run_dir), "--model", str(plain_model_dir), "--emotions", "calm,sad", "--per-emotion", "1")
     _assert_clean_error(res, "has no chat template", "--import")
     assert not run_dir.exists()  # nothing half-written left behind
+
+
+def test_a_base_model_reads_while_a_writer_writes(plain_model_dir, tmp_path):
+    run_dir = tmp_path / "r"
+    res = _run("stories", str(run_dir), "--model", str(plain_model_dir), "--writer", "smollm2-135m", "--emotions",
+               "calm,sad", "--per-emotion", "1", "--max-new-tokens", "4", "--n-neutral", "0")
+    assert res.exit_code == 0, res.output
+    assert '"written": 2' in res.output
+    stored = json.loads((run_dir / "run.json").read_text())
+    assert stored["model"] == str(plain_model_dir) and stored["writer"] == "smollm2-135m"
+
+
+def test_info_on_a_model(plain_model_dir):
+    res = _run("info", "--model", "smollm2-135m")
+    assert res.exit_code == 0, res.output
+    assert "layers: 30 at model.layers" in res.output and "width: 576" in res.output
+    assert "chat_template: yes" in res.output
+    res = _run("info", "--model", str(plain_model_dir))
+    assert res.exit_code == 0 and "chat_template: no" in res.output
+    _assert_clean_error(_run("info"), "--model", "qwen2.5-coder-0.5b")
 
 
 def test_run_dir_from_another_model_is_refused(small_run, plain_model_dir):

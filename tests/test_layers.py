@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "emovec"
 
 # Bottom to top. Core modules are ordered among themselves too, so the core has no cycle either.
-CORE = ["_version", "storage", "plotting", "provenance", "models", "concepts", "activations", "vectors", "generation",
+CORE = ["_version", "storage", "plotting", "provenance", "embedded", "models", "concepts", "activations", "vectors", "generation",
         "readout", "steering", "control_vectors", "corpus", "recognition", "rundir", "pipeline"]
 LAYERS = ["validate", "live", "experiments", "report", "cli", "__init__"]
 

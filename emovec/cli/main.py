@@ -14,8 +14,9 @@ import click
 
 from .. import report as report_layer
 from .._version import __version__
+from ..embedded import EMBEDDED
 from ..models import load_model
-from ..pipeline import prepare, stage_extract, stage_recognition, stage_stories
+from ..pipeline import prepare, prepare_models, stage_extract, stage_recognition, stage_stories
 from ..provenance import run_lock
 from ..report import results
 from ..rundir import RUN_FILE, VECTORS_FILE, make_config, open_run, run_model
@@ -66,7 +67,8 @@ def model_options(f: _F) -> _F:
     f = click.option("--trust-remote-code", is_flag=True, default=None,
                      help="allow a model directory's own code to run (only for models you trust)")(f)
     f = click.option("--model", "model", default=None,
-                     help="smollm2-135m (embedded default), a local HF model directory, or a .gguf file")(f)
+                     help="smollm2-135m (embedded default), qwen2.5-coder-0.5b (after `make qwen`), a local HF "
+                          "model directory, or a .gguf file")(f)
     return f
 
 
@@ -89,6 +91,9 @@ def run_options(f: _F) -> _F:
         click.option("--stories-per-prompt", type=click.IntRange(min=1, max=20), default=None,
                      help="ask for several stories per response and split them"),
         click.option("--n-neutral", type=click.IntRange(min=0), default=None, help="neutral dialogues to generate"),
+        click.option("--writer", default=None,
+                     help="model that writes the stories and neutral dialogues (default: --model itself); "
+                          "vectors are still read from --model, which then needs no chat template (base models)"),
         click.option("--import", "import_stories", default=None,
                      help="JSONL of {emotion, text} written elsewhere, used instead of generating stories"),
         click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=None,
@@ -135,6 +140,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     c, r = s["corpus"], s["recognition"]
     st, ne = c["stories"], c["neutral"]
     click.echo(f"\nmodel {s['model']}: {s['n_layers']} layers, width {s['d_model']}")
+    if s.get("writer") and s["writer"] != s["model"]:
+        click.echo(f"stories and neutral dialogues written by {s['writer']}")
     click.echo(f"stories: {st['kept']} kept of {st['written']} written (filter dropped {st['drop_rate']:.1%}: {st['dropped']}), "
                f"{st['kept_per_emotion_min']}-{st['kept_per_emotion_max']} per emotion")
     click.echo(f"neutral dialogues: {ne['kept']} kept of {ne['written']}")
@@ -184,8 +191,8 @@ def stories(run_dir: str, model: str | None, device: str, dtype: str | None, all
     """Generate (or --import) the story and neutral corpora into RUN_DIR (resumable)."""
     cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
     with run_lock(run_dir):
-        cfg, lm = prepare(run_dir, cfg, allow_drift=allow_drift)
-        click.echo(json.dumps(stage_stories(run_dir, cfg, lm), indent=2))
+        cfg, lm, writer = prepare_models(run_dir, cfg, allow_drift=allow_drift)
+        click.echo(json.dumps(stage_stories(run_dir, cfg, lm, writer=writer), indent=2))
 
 
 @main.command()
@@ -225,9 +232,17 @@ vectors_option = click.option("--vectors", "-v", required=True, help="vector fil
 
 
 @main.command()
-@click.argument("path")
-def info(path: str) -> None:
-    """Describe a vector file or a run directory."""
+@click.argument("path", required=False)
+@model_options
+def info(path: str | None, model: str | None, device: str, dtype: str | None, trust_remote_code: bool | None) -> None:
+    """Describe a vector file or a run directory, or (with --model) a model: layers, width, chat template."""
+    if model:
+        _model_info(model, device, dtype, bool(trust_remote_code))
+    if not path:
+        if not model:
+            raise EmovecError(f"give a vector file or run directory, or --model NAME ({', '.join(EMBEDDED)}, a model "
+                              "directory or a .gguf file)")
+        return
     p = Path(path)
     if p.is_dir():
         if not (p / RUN_FILE).exists():
@@ -240,6 +255,19 @@ def info(path: str) -> None:
         if not p.exists():
             return
     for k, v in EmotionVectors.load(p).info().items():
+        click.echo(f"{k:>24}: {v}")
+
+
+def _model_info(model: str, device: str, dtype: str | None, trust_remote_code: bool) -> None:
+    """Load a model and print what emovec sees in it."""
+    lm = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    params = sum(p.numel() for p in lm.model.parameters())
+    rows = {"model": lm.name, "source": lm.source, "architecture": type(lm.model).__name__,
+            "parameters": f"{params / 1e6:.1f}M", "layers": f"{lm.n_layers} at {lm.layers_path}", "width": lm.d_model,
+            "dtype": str(lm.dtype).removeprefix("torch."), "vocabulary": len(lm.tokenizer),
+            "chat_template": "yes" if lm.has_chat_template else "no (can read, cannot write: use --writer)",
+            "config_fingerprint": lm.fingerprint}
+    for k, v in rows.items():
         click.echo(f"{k:>24}: {v}")
 
 

@@ -48,6 +48,7 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
     prov = settings.get("provenance") or {}
     out: dict[str, Any] = {
         "run": run_dir.name, "command": command or f"emovec run {run_dir}", "model": summary["model"],
+        "writer": summary.get("writer", summary["model"]),
         "machine": {"cpu": (prov.get("cpu") or {}).get("model"), "isa": (prov.get("cpu") or {}).get("isa"),
                     "torch_threads": prov.get("torch_threads"), "versions": prov.get("versions"),
                     "writer_dtype": settings.get("gen_dtype"), "writer_dtype_reason": prov.get("writer_dtype_reason")},
