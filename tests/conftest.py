@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# One torch thread for the tests and the processes they start (set before torch is imported; OMP_NUM_THREADS in
+# the environment wins). On a 2-core machine with another CPU-bound process beside it, two threads made the suite
+# several times slower (oversubscription); one thread is also what makes a reference run and a subprocess's run
+# of the same settings use the same kernels.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 DATA = Path(__file__).parent / "data"
 # 6 emotions x 8 hand-written stories in tests/data; big enough to see signal, small enough to be fast.
