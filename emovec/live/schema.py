@@ -207,7 +207,7 @@ def first_error(exc: ValidationError) -> str:
 def parse_request(body: bytes, emotions: list[str], limits: Limits, layers: Collection[int] | None = None) -> GenerateRequest:
     """Validate a /api/generate body; raise BadRequest(4xx, one-line reason) on anything wrong.
 
-    Emotion names are resolved by the caller (`Engine.resolve`); here they only need to be known.
+    Emotion names only need to be known here; the Monitor resolves them (`EmotionVectors.resolve`).
     """
     data = strict_json(body, limits)
     if not isinstance(data, dict):
