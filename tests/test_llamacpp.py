@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama.cpp is an optional extra: run `make llamacpp`")
 
 from emovec.control_vectors import apply_to_llama, export_emotions, read_gguf  # noqa: E402
 from emovec.steering import SteeringVector  # noqa: E402
 from emovec.storage import EmovecError  # noqa: E402
-from emovec.validate.llamacpp import llama_agreement, open_llama  # noqa: E402
+from emovec.validate.llamacpp import emovec_logits, llama_agreement, llama_logits, open_llama  # noqa: E402
 from emovec.validate.steering import steering_prompts  # noqa: E402
 
 LAYER = 18
@@ -28,11 +27,6 @@ STRENGTH = 0.2
 @pytest.fixture(scope="module")
 def llama(lm):
     return open_llama(lm)
-
-
-def _last_logits(llama, ids):
-    llama.eval(ids)
-    return np.array(llama.scores[llama.n_tokens - 1], dtype=np.float64)
 
 
 def test_llama_cpp_is_steered_as_emovec_steers(lm, small_vectors, llama):
@@ -51,29 +45,22 @@ def test_a_vector_one_block_off_changes_the_logits_differently(lm, small_vectors
     """The layer convention is observable: direction.K at block K matches emovec, at block K-1 it does not."""
     sv = export_emotions(small_vectors, {"happy": STRENGTH}, tmp_path / "h.gguf", layers=[LAYER])
     ids = lm.tokenizer(lm.chat(steering_prompts()[0]), add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        h0 = lm.model(torch.tensor([ids])).logits[0, -1].double().numpy()
-        with sv.apply(lm):
-            h1 = lm.model(torch.tensor([ids])).logits[0, -1].double().numpy()
-    apply_to_llama(llama, None)
-    l0 = _last_logits(llama, ids)
+    h0, h1 = emovec_logits(lm, ids, None), emovec_logits(lm, ids, sv)
+    l0 = llama_logits(llama, ids, None)
     r = {}
     for shift in (0, -1, 1):
-        apply_to_llama(llama, SteeringVector({LAYER + shift: sv.deltas[LAYER]}, "shifted"))
-        r[shift] = np.corrcoef(h1 - h0, _last_logits(llama, ids) - l0)[0, 1]
+        shifted = SteeringVector({LAYER + shift: sv.deltas[LAYER]}, "shifted")
+        r[shift] = np.corrcoef(h1 - h0, llama_logits(llama, ids, shifted) - l0)[0, 1]
     apply_to_llama(llama, None)
     assert r[0] > 0.9 and r[0] > r[-1] + 0.05 and r[0] > r[1] + 0.05, r
 
 
 def test_clearing_leaves_no_steering_behind(lm, small_vectors, llama, tmp_path):
     ids = lm.tokenizer(lm.chat("Describe your morning."), add_special_tokens=False)["input_ids"]
-    apply_to_llama(llama, None)
-    before = _last_logits(llama, ids)
+    before = llama_logits(llama, ids, None)
     export_emotions(small_vectors, {"sad": 0.3}, tmp_path / "s.gguf", layers=[10, 18])
-    apply_to_llama(llama, tmp_path / "s.gguf")
-    steered = _last_logits(llama, ids)
-    apply_to_llama(llama, None)
-    after = _last_logits(llama, ids)
+    steered = llama_logits(llama, ids, tmp_path / "s.gguf")
+    after = llama_logits(llama, ids, None)
     assert not np.allclose(before, steered, atol=1e-2)
     assert np.allclose(before, after, atol=1e-4)  # cached tokens were dropped with the vector
 

@@ -30,11 +30,12 @@ import torch
 from ..control_vectors import apply_to_llama, export_emotions
 from ..generation import Sampling, generate_text
 from ..models import LanguageModel
+from ..steering import SteeringVector
 from ..storage import EmovecError
 from ..vectors import EmotionVectors
 from .steering import judge, mean_ci, score_replies, steering_prompts
 
-__all__ = ["llama_agreement", "open_llama"]
+__all__ = ["emovec_logits", "llama_agreement", "llama_logits", "open_llama"]
 
 
 def open_llama(lm: LanguageModel, n_ctx: int = 1024, threads: int = 1) -> Any:
@@ -49,13 +50,15 @@ def open_llama(lm: LanguageModel, n_ctx: int = 1024, threads: int = 1) -> Any:
     return Llama(model_path=str(lm.source), n_ctx=n_ctx, n_threads=threads, logits_all=True, verbose=False, seed=0)
 
 
-def _emovec_logits(lm: LanguageModel, ids: list[int], steering: Any) -> np.ndarray:
+def emovec_logits(lm: LanguageModel, ids: list[int], steering: SteeringVector | None) -> np.ndarray:
+    """emovec's next-token logits after `ids` (float64), steered by `steering` through its hooks."""
     with torch.no_grad(), steering.apply(lm) if steering is not None else torch.no_grad():
         out: np.ndarray = lm.model(torch.tensor([ids], device=lm.device)).logits[0, -1].double().cpu().numpy()
     return out
 
 
-def _llama_logits(llama: Any, ids: list[int], control: Path | None) -> np.ndarray:
+def llama_logits(llama: Any, ids: list[int], control: Path | SteeringVector | None) -> np.ndarray:
+    """llama.cpp's next-token logits after `ids` (float64), with `control` set as its control vector."""
     apply_to_llama(llama, control)
     llama.eval(ids)
     return np.array(llama.scores[llama.n_tokens - 1], dtype=np.float64)
@@ -96,11 +99,11 @@ def llama_agreement(lm: LanguageModel, vectors: EmotionVectors, llama: Any, emot
             steering[e] = export_emotions(vectors, {e: strength}, path, layers=layers)
         logits = []
         for p, tok in zip(prompts, ids):
-            h0, l0 = _emovec_logits(lm, tok, None), _llama_logits(llama, tok, None)
+            h0, l0 = emovec_logits(lm, tok, None), llama_logits(llama, tok, None)
             row: dict[str, Any] = {"prompt": p, "r_unsteered": float(np.corrcoef(h0, l0)[0, 1]),
                                    "top1_unsteered": bool(h0.argmax() == l0.argmax())}
             for e in names:
-                h, lc = _emovec_logits(lm, tok, steering[e]), _llama_logits(llama, tok, files[e])
+                h, lc = emovec_logits(lm, tok, steering[e]), llama_logits(llama, tok, files[e])
                 row[f"r_{e}"] = float(np.corrcoef(h, lc)[0, 1])
                 row[f"r_delta_{e}"] = float(np.corrcoef(h - h0, lc - l0)[0, 1])
                 row[f"top1_{e}"] = bool(h.argmax() == lc.argmax())
