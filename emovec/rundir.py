@@ -360,6 +360,31 @@ def keep_layers(cfg: RunConfig, lm: LanguageModel) -> list[int]:
 
 
 
+STEERING_ANALYSIS = Path("analyses") / "steering.json"
+
+
+def attach_steering_recommendation(vectors: EmotionVectors, run_dir: str | Path) -> EmotionVectors:
+    """Attach the steering layer and strength the run's steering-efficacy analysis recommends.
+
+    Steering then defaults to them (`EmotionVectors.steering_layer`/`steering_strength`) in
+    `generate`, `export`, the experiments and the library, instead of the vectors' readout
+    layer. Runs without the analysis (or with no fluent recommendation) are left as they are.
+    """
+    path = Path(run_dir) / STEERING_ANALYSIS
+    if not path.exists():
+        return vectors
+    data = read_json(path)
+    rec = data.get("recommended") if isinstance(data, dict) else None
+    if not isinstance(rec, dict):
+        raise EmovecError(f"{path} has no steering recommendation: re-run `emovec analyze {run_dir} --only steering`")
+    layer = rec.get("layer")
+    if not isinstance(layer, int) or layer not in vectors.layers:
+        return vectors
+    vectors.meta["steering_recommendation"] = {"layer": layer, "strength": rec.get("strength"),
+                                               "range": rec.get("range"), "source": str(STEERING_ANALYSIS)}
+    return vectors
+
+
 @dataclass
 class RunContext:
     """A finished run opened for use: its settings, its model and its vectors (checked against each other)."""
@@ -378,4 +403,4 @@ def load_run(run_dir: str | Path, lm: LanguageModel | None = None) -> RunContext
         raise EmovecError(f"{run_dir} has no {VECTORS_FILE}: build the vectors first (emovec run {run_dir})")
     cfg = open_run(run_dir)
     lm = lm or run_model(cfg)
-    return RunContext(run_dir, cfg, lm, EmotionVectors.load(path, model=lm))
+    return RunContext(run_dir, cfg, lm, attach_steering_recommendation(EmotionVectors.load(path, model=lm), run_dir))

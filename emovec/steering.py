@@ -84,8 +84,11 @@ class SteeringVector:
             yield self
 
 
-def parse_spec(spec: str | dict[str, float] | Sequence[str] | None) -> dict[str, float]:
-    """Parse steering specs like "calm=0.05,desperate=-0.05" (or a list of "name=value") into a dict."""
+def parse_spec(spec: str | dict[str, float] | Sequence[str] | None, default: float | None = None) -> dict[str, float]:
+    """Parse steering specs like "calm=0.05,desperate=-0.05" (or a list of "name=value") into a dict.
+
+    A bare name ("calm") takes `default` (the recommended strength) when one is given.
+    """
     if spec is None:
         return {}
     items: list[tuple[str, float | str]]
@@ -96,8 +99,11 @@ def parse_spec(spec: str | dict[str, float] | Sequence[str] | None) -> dict[str,
         items = []
         for part in (p for chunk in parts for p in re.split(r"\s*,\s*", chunk.strip()) if p):
             name, sep, value = part.partition("=")
+            if not sep and default is None:
+                raise EmovecError(f"steering {part!r} needs the form EMOTION=STRENGTH, e.g. calm=0.05 (a bare name "
+                                  "takes the recommended strength only where the run's steering analysis gave one)")
             if not sep:
-                raise EmovecError(f"steering {part!r} needs the form EMOTION=STRENGTH, e.g. calm=0.05")
+                value = str(default)
             items.append((name.strip(), value.strip()))
     out: dict[str, float] = {}
     for name, value in items:
@@ -136,10 +142,14 @@ def parse_layers(layers: str | int | list[int] | range | None, n_layers: int) ->
 
 def steering_vector(vectors: EmotionVectors, spec: str | dict[str, float] | list[str],
                     layers: str | int | list[int] | None = None, denoised: bool = True) -> SteeringVector:
-    """Build `sum_e s_e * mean_norm(layer) * unit_e(layer)` for each steered layer (default: the vectors' default layer)."""
-    strengths = parse_spec(spec)
+    """Build `sum_e s_e * mean_norm(layer) * unit_e(layer)` for each steered layer.
+
+    Default layer: `vectors.steering_layer` (the recommended one when attached, else the
+    default layer); a bare emotion name in `spec` takes `vectors.steering_strength`.
+    """
+    strengths = parse_spec(spec, default=vectors.steering_strength)
     n = int(vectors.meta.get("n_layers", max(vectors.layers) + 1))
-    chosen = parse_layers(layers, n) or [vectors.default_layer]
+    chosen = parse_layers(layers, n) or [vectors.steering_layer]
     names = vectors.resolve(list(strengths))
     total = SteeringVector()
     for name, (_, s) in zip(names, strengths.items()):

@@ -122,6 +122,29 @@ class EmotionVectors:
         target = round(2 * int(self.meta.get("n_layers", max(self.layers) + 1)) / 3)
         return min(self.layers, key=lambda lay: abs(lay - target))
 
+    @property
+    def steering_recommendation(self) -> dict[str, Any]:
+        """The steering layer/strength recommended for these vectors ({} when none is attached).
+
+        A run's steering-efficacy analysis (`emovec analyze --only steering`) recommends them;
+        `emovec.rundir.attach_steering_recommendation` attaches them, and a saved vector
+        file keeps them.
+        """
+        rec = self.meta.get("steering_recommendation")
+        return dict(rec) if isinstance(rec, dict) else {}
+
+    @property
+    def steering_layer(self) -> int:
+        """The layer steering uses when none is given: the recommended one if attached, else `default_layer`."""
+        layer = self.steering_recommendation.get("layer")
+        return layer if isinstance(layer, int) and layer in self.layers else self.default_layer
+
+    @property
+    def steering_strength(self) -> float | None:
+        """The recommended strength (the positive end of the fluent range), or None when none is attached."""
+        s = self.steering_recommendation.get("strength")
+        return float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) else None
+
     def layer_index(self, layer: int | None) -> int:
         """Position of a model layer in the stored tensors, with a clear error if it is not stored."""
         layer = self.default_layer if layer is None else int(layer)

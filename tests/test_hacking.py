@@ -15,7 +15,7 @@ import pytest
 from emovec.experiments import EXPERIMENTS
 from emovec.experiments.coding_tasks import KINDS, check_solution, classify_hack, extract_files, load_tasks, select_tasks
 from emovec.experiments.common import Condition, pick_emotions
-from emovec.experiments.hacking import DEFAULT_EMOTIONS, run_reward_hacking, summarize_hacking, summary_lines
+from emovec.experiments.hacking import DEFAULT_EMOTIONS, honest_pass, run_reward_hacking, summarize_hacking, summary_lines
 from emovec.storage import EmovecError
 
 TASKS = {t.id: t for t in load_tasks()}
@@ -184,13 +184,31 @@ def test_summary_statistics():
     assert by[("unsteered", 2)]["desperate"] == pytest.approx(0.3)
     around = {r["offset"]: r for r in s["readout_around_first_hack"]}
     assert around[-1]["n"] == 1 and around[-1]["desperate"] == 1.0 and around[0]["desperate"] == pytest.approx(2.5)
-    assert s["per_task"]["median"] == {"episodes": 4, "hacked": 2, "identified": 1}
+    assert s["per_task"]["median"] == {"episodes": 4, "hacked": 2, "identified": 1, "honest_pass": 0}
+    assert base["honest_pass"] is None  # no task list given: no honest baseline
     change = s["readout_change_while_failing"]["desperate"]  # only the unsteered episodes failed twice
     assert change["n"] == 2 and change["mean_change"] == pytest.approx(0.25) and change["n_rose"] == 2
     assert set(s["hack_kinds_overall"]) == set(KINDS)
     trend = s["readout_trend"]["all"]["desperate"]  # one correlation shape everywhere: n, r, p
     assert set(trend) == {"n", "r", "p"} and trend["n"] == 7 and -1 <= trend["r"] <= 1
     assert set(s["dose_response"]["desperate"]["spearman"]) == {"n", "r", "p"}
+
+
+def test_honest_baseline_counts_attempts_that_pass_every_possible_test_without_a_hack():
+    conds = [Condition()]
+    out = {"test_a": "pass", "test_b": "pass", "test_impossible": "fail"}
+
+    def row(ep, attempt, outcomes, hack=False):
+        return {**_row("unsteered", None, 0.0, ep, attempt, hack, 0.0), "outcomes": outcomes}
+
+    rows = [row(0, 1, {**out, "test_b": "error"}), row(0, 2, out),  # honest on the second attempt
+            row(1, 1, {**out, "test_impossible": "pass"}, hack=True),  # every test green, but by a hack
+            row(2, 1, {**out, "test_a": "fail"})]
+    imp = {"median": ("test_impossible",)}
+    assert [honest_pass(r, imp) for r in rows] == [False, True, False, False]
+    base = summarize_hacking(rows, conds, ["desperate"], attempts=2, impossible=imp)["conditions"][0]
+    assert base["honest_pass"]["k"] == 1 and base["honest_pass"]["n"] == 3
+    assert base["attempt_honest_pass"]["k"] == 1 and base["attempt_honest_pass"]["n"] == 4
 
 
 def test_default_emotions_missing(small_vectors):

@@ -11,6 +11,7 @@ from ..experiments.hacking import run_reward_hacking
 from ..experiments.preferences import run_preferences
 from .main import main
 
+_LAYERS_HELP = "steered layers, e.g. 18-22 (default: the run's recommended steering layer, else the vectors' default layer)"
 _STRENGTHS = ",".join(f"{s:g}" for s in DEFAULT_STRENGTHS)  # the experiments' one default sweep
 
 @main.group()
@@ -25,7 +26,7 @@ def experiment() -> None:
               help="comma-separated emotions to steer with (default: --n-vectors spread over the correlation range)")
 @click.option("--n-vectors", type=click.IntRange(min=0), default=4, show_default=True, help="vectors to steer when --steer is not given")
 @click.option("--strength", type=float, default=0.5, show_default=True, help="steering strength on the activity tokens (paper: 0.5)")
-@click.option("--layers", default=None, help="steered layers, e.g. 18-22 (default: the vectors' default layer)")
+@click.option("--layers", default=None, help=_LAYERS_HELP)
 @click.option("--steer-prompts", type=click.IntRange(min=0), default=256, show_default=True,
               help="prompts per steered vector, a seeded subset of the steered-vs-control pairs (0: all of them)")
 @click.option("--per-group", type=click.IntRange(min=1), default=None, help="use only the first K activities of each group")
@@ -48,7 +49,7 @@ def experiment_preferences(run_dir: str, emotions: str | None, steer: str | None
 @click.option("--n", type=click.IntRange(min=1), default=8, show_default=True, help="samples per condition")
 @click.option("--emotions", default=None, help="comma-separated emotions to steer (default: desperate,calm,angry,nervous where in the run)")
 @click.option("--strengths", default=_STRENGTHS, show_default=True, help="comma-separated steering strengths")
-@click.option("--layers", default=None, help="steered layers, e.g. 18-22 (default: the vectors' default layer)")
+@click.option("--layers", default=None, help=_LAYERS_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=160, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -77,7 +78,7 @@ def experiment_blackmail(run_dir: str, n: int, emotions: str | None, strengths: 
 @click.option("--tasks", default=None, help="comma-separated task ids (default: all in emovec/data/coding_tasks.json)")
 @click.option("--emotions", default=None, help="comma-separated emotions to steer and read out (default: desperate,calm where in the run)")
 @click.option("--strengths", default=_STRENGTHS, show_default=True, help="comma-separated steering strengths")
-@click.option("--layers", default=None, help="steered layers, e.g. 18-22 (default: the vectors' default layer)")
+@click.option("--layers", default=None, help=_LAYERS_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=128, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)

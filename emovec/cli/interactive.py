@@ -51,8 +51,10 @@ def score(text: str, vectors: str, layer: int | None, emotions: str | None, top:
 @main.command()
 @click.argument("prompt")
 @vectors_option
-@click.option("--steer", "-s", multiple=True, help="EMOTION=STRENGTH, e.g. calm=0.05 (repeatable or comma-separated)")
-@click.option("--layers", default=None, help="steered layers: 20, 18-22 or 10,14,20 (default: the vectors' default layer)")
+@click.option("--steer", "-s", multiple=True, help="EMOTION=STRENGTH, e.g. calm=0.05 (repeatable or comma-separated); "
+              "a bare EMOTION takes the run's recommended strength")
+@click.option("--layers", default=None, help="steered layers: 20, 18-22 or 10,14,20 (default: the run's recommended "
+              "steering layer, else the vectors' default layer)")
 @click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=120, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -66,9 +68,9 @@ def generate(prompt: str, vectors: str, steer: tuple[str, ...], layers: str | No
              temperature: float, seed: int, raw: bool, steer_file: tuple[str, ...], force: bool, threads: int | None,
              model: str | None, device: str, dtype: str | None, trust_remote_code: bool | None) -> None:
     """Generate a reply to PROMPT, optionally steered along emotion vectors and/or llama.cpp control-vector files."""
-    check_strengths(list(steer), force)
     torch.set_num_threads(interactive_threads(threads))
     vecs, lm = _load(vectors, model, device, dtype, trust_remote_code)
+    check_strengths(list(steer), force, default=vecs.steering_strength)
     check_context(lm, prompt if raw else lm.chat(prompt), max_new_tokens, add_special_tokens=raw)
     sv = steering_vector(vecs, list(steer), layers)
     for file in steer_file:
@@ -85,8 +87,8 @@ def generate(prompt: str, vectors: str, steer: tuple[str, ...], layers: str | No
 @click.argument("vectors")
 @click.option("--steer", "-s", multiple=True, required=True,
               help="EMOTION=STRENGTH, e.g. calm=0.1,desperate=-0.05 (repeatable or comma-separated)")
-@click.option("--layers", default=None, help="steered layers: 20, 12-20 or 10,14,20 (default: the vectors' default "
-              "layer); layer 0 cannot be steered in llama.cpp")
+@click.option("--layers", default=None, help="steered layers: 20, 12-20 or 10,14,20 (default: the run's "
+              "recommended steering layer, else the vectors' default layer); layer 0 cannot be steered in llama.cpp")
 @click.option("--output", "-o", required=True, help="the .gguf control-vector file to write")
 @click.option("--model-hint", default=None, help="controlvector.model_hint (default: the model's architecture, e.g. llama)")
 @model_options

@@ -19,7 +19,7 @@ from ..models import load_model
 from ..pipeline import prepare, prepare_models, stage_extract, stage_recognition, stage_stories
 from ..provenance import run_lock
 from ..report import results
-from ..rundir import RUN_FILE, VECTORS_FILE, make_config, open_run, run_model
+from ..rundir import RUN_FILE, VECTORS_FILE, attach_steering_recommendation, make_config, open_run, run_model
 from ..storage import EmovecError, read_json
 from ..validate.runner import analyses_dir, run_analyses, run_compare, summarize
 from ..validate.speakers import run_speaker_probes
@@ -83,7 +83,7 @@ def run_options(f: _F) -> _F:
     """The options that make a run's settings (preset, corpus size, seeds, batch sizes), plus the model options."""
     opts = [
         click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default=None,
-                     help="corpus size preset (quick: 171 emotions x 10 short stories, the demo; standard: 171 x 15; "
+                     help="corpus size preset (quick: 171 emotions x 4 stories, the demo; standard: 171 x 15; "
                           "paper: 171 x 1200)"),
         click.option("--concepts", default=None, help="text file with one emotion per line (default: the 171 built in)"),
         click.option("--emotions", default=None, help="comma-separated subset of the concepts"),
@@ -218,9 +218,8 @@ def extract(run_dir: str, device: str | None, allow_drift: bool) -> None:
 def _load(vectors: str, model: str | None, device: str, dtype: str | None,
           trust_remote_code: bool | None = None) -> tuple[Any, Any]:
     path = Path(vectors)
-    if path.is_dir():
-        path = path / VECTORS_FILE
-    vecs = EmotionVectors.load(path)
+    vecs = attach_steering_recommendation(EmotionVectors.load(path / VECTORS_FILE), path) if path.is_dir() \
+        else EmotionVectors.load(path)
     lm = load_model(model or vecs.meta.get("model_source") or "smollm2-135m", device=device, dtype=dtype,
                     trust_remote_code=bool(trust_remote_code))
     vecs.check_model(lm)

@@ -59,6 +59,7 @@ from .common import (
     chunk_seed,
     experiment_dir,
     generate_steered,
+    layer_setting,
     mean_sd,
     parse_strengths,
     pick_emotions,
@@ -287,7 +288,7 @@ def run_blackmail(run_dir: str | Path, n: int = 8, emotions: str | Sequence[str]
     if guard is not None:
         vectors.resolve(list(parse_spec(guard)))
     out = experiment_dir(run_dir, NAME)
-    layer_key = layers if layers is None or isinstance(layers, (int, str)) else list(layers)
+    layer_key = layer_setting(vectors, layers)
     settings = {"model": lm.name, "scenario": scen.name, "scenario_hash": scen.fingerprint(), "seed": seed,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "batch_size": batch_size,
                 "layers": layer_key, "readout_layer": vectors.default_layer, "prefill": prefill}

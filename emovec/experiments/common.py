@@ -223,6 +223,17 @@ class Condition:
         return steering_vector(vectors, {self.emotion: self.strength}, layers)
 
 
+def layer_setting(vectors: EmotionVectors, layers: str | int | list[int] | None) -> str | int | list[int]:
+    """The steered layers as recorded in an experiment's settings guard.
+
+    None resolves to `vectors.steering_layer` (the run's recommended layer where its steering
+    analysis exists), so a resume after that analysis changes the default is refused, not mixed.
+    """
+    if layers is None:
+        return [vectors.steering_layer]
+    return layers if isinstance(layers, (int, str)) else list(layers)
+
+
 def sweep(emotions: Sequence[str], strengths: Sequence[float] = DEFAULT_STRENGTHS) -> list[Condition]:
     """The unsteered baseline once, then every emotion at every non-zero strength."""
     out = [Condition()]

@@ -207,7 +207,7 @@ def run_preferences(run_dir: str | Path, emotions: Sequence[str] | str | None = 
         raise EmovecError("no emotions to correlate with the preferences: pass --emotions, e.g. happy,sad")
     steer_names = vectors.resolve(split_names(steer)) if steer is not None else None
     n_layers = int(vectors.meta.get("n_layers", lm.n_layers))
-    steer_layers = parse_layers(layers, n_layers) or [vectors.default_layer]
+    steer_layers = parse_layers(layers, n_layers) or [vectors.steering_layer]
     out_dir = experiment_dir(run_dir, NAME)
     pair_prompt = pair_question("<a>", "<b>")[0]
     # Samples are keyed by condition, activity texts and steered sides; what the keys do not hold is guarded here.

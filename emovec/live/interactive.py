@@ -46,9 +46,12 @@ def interactive_threads(requested: int | None = None) -> int:
 
 
 def check_strengths(spec: str | dict[str, float] | Sequence[str] | None, force: bool = False,
-                    limit: float = SANE_STRENGTH, what: str = "steering") -> dict[str, float]:
-    """Parse a steering spec and refuse |strength| > `limit` unless `force` (strengths scale the mean residual norm)."""
-    strengths = parse_spec(spec)
+                    limit: float = SANE_STRENGTH, what: str = "steering", default: float | None = None) -> dict[str, float]:
+    """Parse a steering spec and refuse |strength| > `limit` unless `force` (strengths scale the mean residual norm).
+
+    `default`: the strength a bare emotion name takes (the recommended one), as in `parse_spec`.
+    """
+    strengths = parse_spec(spec, default=default)
     wild = {k: v for k, v in strengths.items() if abs(v) > limit}
     if wild and not force:
         shown = ", ".join(f"{k}={v:g}" for k, v in wild.items())
