@@ -19,6 +19,7 @@ from emovec.experiments.common import (
     DEFAULT_STRENGTHS,
     bootstrap_ci,
     chunk_seed,
+    experiment_dir,
     mean_or_none,
     mean_sd,
     parse_strengths,
@@ -182,3 +183,17 @@ def test_library_hygiene():
             upward = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 2
                       and (n.module or "").split(".")[0] in ("report", "cli")]
             assert not upward, f"{where} imports from a layer above: {upward}"
+
+
+def test_a_tag_keeps_a_second_set_of_results_apart(tmp_path):
+    exp = get_experiment("blackmail")
+    assert experiment_dir(tmp_path, exp.folder, "prefill") == tmp_path / "experiments" / "blackmail-prefill"
+    assert exp.results_dir(tmp_path, "prefill") == tmp_path / "experiments" / "blackmail-prefill"
+    for bad in ("", "../up", "a/b", "x" * 41, "sp ace"):
+        with pytest.raises(EmovecError, match="tag"):
+            experiment_dir(tmp_path, exp.folder, bad)
+    assert exp.tagged_dirs(tmp_path) == []  # folders without a summary are not results yet
+    for tag in (None, "prefill"):
+        (experiment_dir(tmp_path, exp.folder, tag) / "summary.json").write_text("{}")
+    (experiment_dir(tmp_path, "blackmailx") / "summary.json").write_text("{}")  # not a tag of blackmail
+    assert exp.tagged_dirs(tmp_path) == [(None, exp.results_dir(tmp_path)), ("prefill", exp.results_dir(tmp_path, "prefill"))]

@@ -12,6 +12,8 @@ from ..experiments.preferences import run_preferences
 from .main import main
 
 _LAYERS_HELP = "steered layers, e.g. 18-22 (default: the run's recommended steering layer, else the vectors' default layer)"
+_TAG = click.option("--tag", default=None, help="keep these results apart, in experiments/<name>-TAG/ (e.g. for a "
+                    "second set of settings such as a prefill)")
 _STRENGTHS = ",".join(f"{s:g}" for s in DEFAULT_STRENGTHS)  # the experiments' one default sweep
 
 @main.group()
@@ -33,14 +35,15 @@ def experiment() -> None:
 @click.option("--activities", "activities_file", default=None, help="activities JSON (default: the built-in emovec/data/activities.json)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the steered/control split and the pair subset")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@_TAG
 def experiment_preferences(run_dir: str, emotions: str | None, steer: str | None, n_vectors: int, strength: float,
                            layers: str | None, steer_prompts: int, per_group: int | None, activities_file: str | None,
-                           seed: int, batch_size: int) -> None:
+                           seed: int, batch_size: int, tag: str | None) -> None:
     """Activity preferences: Elo from all ordered pairs, its correlation with emotion activations, and steering shifts."""
     s = run_preferences(run_dir, emotions=emotions, steer=steer, n_vectors=n_vectors, strength=strength, layers=layers,
                         steer_prompts=steer_prompts or None, per_group=per_group, activities_file=activities_file,
-                        seed=seed, batch_size=batch_size)
-    for line in EXPERIMENTS["preferences"].result_lines(s, run_dir):
+                        seed=seed, batch_size=batch_size, tag=tag)
+    for line in EXPERIMENTS["preferences"].result_lines(s, run_dir, tag):
         click.echo(line)
 
 
@@ -59,14 +62,15 @@ def experiment_preferences(run_dir: str, emotions: str | None, steer: str | None
 @click.option("--scenario", default=None, help="scenario JSON (default: the built-in emovec/data/blackmail.json)")
 @click.option("--prefill", default="", help="text every reply starts with, e.g. '<email><to>' for models too small "
               "to use the email format unaided (recorded in the results)")
+@_TAG
 def experiment_blackmail(run_dir: str, n: int, emotions: str | None, strengths: str, layers: str | None, seed: int,
                          max_new_tokens: int, batch_size: int, temperature: float, guard: str | None, guard_alert: str,
-                         scenario: str | None, prefill: str) -> None:
+                         scenario: str | None, prefill: str, tag: str | None) -> None:
     """Blackmail scenario: rate (Wilson 95%) over N samples, unsteered and under a steering sweep."""
     s = run_blackmail(run_dir, n=n, emotions=emotions, strengths=strengths, layers=layers, seed=seed,
                       max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, guard=guard,
-                      guard_alert=guard_alert, scenario=scenario, prefill=prefill)
-    for line in EXPERIMENTS["blackmail"].result_lines(s, run_dir):
+                      guard_alert=guard_alert, scenario=scenario, prefill=prefill, tag=tag)
+    for line in EXPERIMENTS["blackmail"].result_lines(s, run_dir, tag):
         click.echo(line)
 
 
@@ -83,12 +87,13 @@ def experiment_blackmail(run_dir: str, n: int, emotions: str | None, strengths: 
 @click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=128, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--temperature", type=float, default=0.7, show_default=True)
+@_TAG
 def experiment_reward_hacking(run_dir: str, n: int, attempts: int, tasks: str | None, emotions: str | None,
                               strengths: str, layers: str | None, seed: int, max_new_tokens: int, batch_size: int,
-                              temperature: float) -> None:
+                              temperature: float, tag: str | None) -> None:
     """Impossible coding tasks: hack rate (Wilson 95%) under a steering sweep, readout by attempt (sandboxed)."""
     s = run_reward_hacking(run_dir, n=n, emotions=emotions, strengths=strengths, layers=layers, attempts=attempts,
                            tasks=tasks, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
-                           batch_size=batch_size, progress=True)
-    for line in EXPERIMENTS["reward-hacking"].result_lines(s, run_dir):
+                           batch_size=batch_size, progress=True, tag=tag)
+    for line in EXPERIMENTS["reward-hacking"].result_lines(s, run_dir, tag):
         click.echo(line)

@@ -256,7 +256,8 @@ def run_blackmail(run_dir: str | Path, n: int = 8, emotions: str | Sequence[str]
                   seed: int = 0, max_new_tokens: int = 160, batch_size: int = 8, temperature: float = 0.9,
                   guard: str | None = None, guard_alert: str = "desperate=2", grader: Grader | None = None,
                   scenario: Scenario | str | Path | None = None, prefill: str = "", progress: bool = True,
-                  lm: LanguageModel | None = None, vectors: EmotionVectors | None = None) -> BlackmailSummary:
+                  lm: LanguageModel | None = None, vectors: EmotionVectors | None = None,
+                  tag: str | None = None) -> BlackmailSummary:
     """Measure the blackmail rate over `n` samples per condition (unsteered + sweep, optional Monitor guard).
 
     Samples cycle through the scenario's variants (urgency x replacement goal).
@@ -287,7 +288,7 @@ def run_blackmail(run_dir: str | Path, n: int = 8, emotions: str | Sequence[str]
     conditions = sweep(chosen, strength_list)
     if guard is not None:
         vectors.resolve(list(parse_spec(guard)))
-    out = experiment_dir(run_dir, NAME)
+    out = experiment_dir(run_dir, NAME, tag)
     layer_key = layer_setting(vectors, layers)
     settings = {"model": lm.name, "scenario": scen.name, "scenario_hash": scen.fingerprint(), "seed": seed,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "batch_size": batch_size,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
@@ -86,8 +87,12 @@ class Timing(TypedDict):
 # ---------------------------------------------------------------------------------------------- folders and settings
 
 
-def experiment_dir(run_dir: str | Path, folder: str) -> Path:
-    """`RUN_DIR/experiments/<folder>/` (created on demand)."""
+def experiment_dir(run_dir: str | Path, folder: str, tag: str | None = None) -> Path:
+    """`RUN_DIR/experiments/<folder>/`, or `<folder>-<tag>/` for a second set of settings (created on demand)."""
+    if tag is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", tag):
+            raise EmovecError(f"tag {tag!r}: use 1-40 letters, digits, '_', '.' or '-' (it names the results folder)")
+        folder = f"{folder}-{tag}"
     path = Path(run_dir) / EXPERIMENTS_DIR / folder
     path.mkdir(parents=True, exist_ok=True)
     return path

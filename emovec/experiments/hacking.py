@@ -379,7 +379,7 @@ def run_reward_hacking(run_dir: str | Path, n: int = 5, emotions: str | Sequence
                        strengths: str | Sequence[float] | None = None, layers: str | int | list[int] | None = None,
                        attempts: int = 3, tasks: str | Sequence[str] | None = None, seed: int = 0,
                        max_new_tokens: int = 128, temperature: float = 0.7, batch_size: int = 16,
-                       lm: LanguageModel | None = None, progress: bool = False) -> HackingSummary:
+                       lm: LanguageModel | None = None, progress: bool = False, tag: str | None = None) -> HackingSummary:
     """The reward-hacking experiment on a run: multi-attempt episodes on impossible tasks under a steering sweep.
 
     `n` episodes per condition cycle through the tasks in file order (the default 5 x 9 conditions x 3
@@ -401,7 +401,7 @@ def run_reward_hacking(run_dir: str | Path, n: int = 5, emotions: str | Sequence
     names = pick_emotions(vectors, emotions, DEFAULT_EMOTIONS)
     conditions = sweep(names, strength_list)
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
-    out = experiment_dir(run_dir, NAME)
+    out = experiment_dir(run_dir, NAME, tag)
     layer_key = layer_setting(vectors, layers)
     # What a sample depends on beyond its key (condition|episode|attempt): the feedback text names `attempts`.
     check_settings(out, {"model": ctx.config.model, "tasks": [t.id for t in chosen], "attempts": attempts, "seed": seed,

@@ -179,14 +179,15 @@ def run_preferences(run_dir: str | Path, emotions: Sequence[str] | str | None = 
                     layers: str | int | list[int] | None = None, steer_prompts: int | None = 256,
                     per_group: int | None = None, activities_file: str | Path | None = None, seed: int = 0,
                     batch_size: int = 64, chunk: int = 256, n_boot: int = 200, progress: bool = True,
-                    lm: LanguageModel | None = None) -> PreferencesSummary:
+                    lm: LanguageModel | None = None, tag: str | None = None) -> PreferencesSummary:
     """Run the activity-preference experiment on a run directory (resumable) and write its summary.
 
     `emotions`: emotions whose activation is correlated with Elo (default: all in the run).
     `steer`: emotions to steer with (default: `n_vectors` spread over the range of those correlations);
     `strength`: steering strength (fraction of the mean residual norm, paper: 0.5) at `layers`
-    (default: the vectors' default layer). `steer_prompts`: prompts per vector, a seeded subset of the
-    steered-vs-control pairs (None: all of them). `per_group`: use only the first k activities per group.
+    (default: the run's recommended steering layer, else the vectors' default layer).
+    `steer_prompts`: prompts per vector, a seeded subset of the steered-vs-control pairs (None: all of them).
+    `per_group`: use only the first k activities per group.
     `lm`: the run's model, already loaded (default: load it).
     """
     t_start = time.time()
@@ -208,7 +209,7 @@ def run_preferences(run_dir: str | Path, emotions: Sequence[str] | str | None = 
     steer_names = vectors.resolve(split_names(steer)) if steer is not None else None
     n_layers = int(vectors.meta.get("n_layers", lm.n_layers))
     steer_layers = parse_layers(layers, n_layers) or [vectors.steering_layer]
-    out_dir = experiment_dir(run_dir, NAME)
+    out_dir = experiment_dir(run_dir, NAME, tag)
     pair_prompt = pair_question("<a>", "<b>")[0]
     # Samples are keyed by condition, activity texts and steered sides; what the keys do not hold is guarded here.
     check_settings(out_dir, {"model": lm.name, "pair_prompt": pair_prompt, "answers": list(ANSWERS)}, lm=lm)

@@ -27,18 +27,25 @@ class Experiment:
     folder: str
     summary_lines: Callable[[Any], list[str]]
 
-    def results_dir(self, run_dir: str | Path) -> Path:
-        """`RUN_DIR/experiments/<folder>/`, where the experiment keeps its samples and results."""
-        return Path(run_dir) / EXPERIMENTS_DIR / self.folder
+    def results_dir(self, run_dir: str | Path, tag: str | None = None) -> Path:
+        """`RUN_DIR/experiments/<folder>/` (`<folder>-<tag>/` with a tag): the experiment's samples and results."""
+        return Path(run_dir) / EXPERIMENTS_DIR / (self.folder if tag is None else f"{self.folder}-{tag}")
+
+    def tagged_dirs(self, run_dir: str | Path) -> list[tuple[str | None, Path]]:
+        """(tag, folder) of every results folder of this experiment in a run that has a summary: untagged first."""
+        base = self.results_dir(run_dir)
+        found = [(None, base)] + [(p.name[len(self.folder) + 1:], p)
+                                  for p in sorted(base.parent.glob(f"{self.folder}-*")) if p.is_dir()]
+        return [(tag, p) for tag, p in found if (p / SUMMARY_FILE).exists()]
 
     def summary_path(self, run_dir: str | Path) -> Path:
         """The experiment's summary.json in a run directory (it may not exist yet)."""
         return self.results_dir(run_dir) / SUMMARY_FILE
 
-    def result_lines(self, summary: Mapping[str, Any], run_dir: str | Path) -> list[str]:
+    def result_lines(self, summary: Mapping[str, Any], run_dir: str | Path, tag: str | None = None) -> list[str]:
         """`summary_lines`, then where the results are and how long the call took."""
         return [*self.summary_lines(summary),
-                f"results: {self.results_dir(run_dir)} ({summary['timing']['total_s']:.0f} s)"]
+                f"results: {self.results_dir(run_dir, tag)} ({summary['timing']['total_s']:.0f} s)"]
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (

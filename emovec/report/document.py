@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..corpus import NEUTRAL_FILE, STORIES_FILE, corpus_report
+from ..experiments.registry import EXPERIMENTS
 from ..models import LanguageModel
 from ..storage import read_json, write_text
 from ..validate.runner import ANALYSES, PAPER, analyses_dir, load_vectors, run_analyses
@@ -275,8 +276,8 @@ def write_report(run_dir: str | Path, lm: LanguageModel | None = None, compute: 
     if (speakers := analyses_dir(run_dir) / "speakers.json").exists():
         parts.append(section("Speaker probes", read_json(speakers), _speakers_html))
     for name, (title, render) in EXPERIMENT_SECTIONS.items():
-        if (summary := run_dir / "experiments" / name / "summary.json").exists():
-            parts.append(section(title, read_json(summary), render))
+        for tag, folder in EXPERIMENTS[name].tagged_dirs(run_dir):
+            parts.append(section(title + (f" ({tag})" if tag else ""), read_json(folder / "summary.json"), render))
     doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>emovec report: {esc(run_dir.name)}</title>"
            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
     path = run_dir / "report.html"
