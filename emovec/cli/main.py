@@ -21,7 +21,8 @@ from ..provenance import run_lock
 from ..report import results
 from ..rundir import RUN_FILE, VECTORS_FILE, attach_steering_recommendation, make_config, open_run, run_model
 from ..storage import EmovecError, read_json
-from ..validate.runner import analyses_dir, run_analyses, run_compare, summarize
+from ..validate.crossmodel import geometry_lines
+from ..validate.runner import analyses_dir, run_analyses, run_compare, run_compare_runs, summarize
 from ..validate.speakers import run_speaker_probes
 from ..vectors import EmotionVectors
 
@@ -311,12 +312,24 @@ def report(run_dir: str, no_compute: bool) -> None:
 
 @main.command()
 @click.argument("run_dir")
-@click.option("--model-b", required=True, help="second model (same tokenizer): directory, .gguf, or smollm2-135m")
+@click.option("--model-b", default=None, help="second model (same tokenizer): directory, .gguf, or smollm2-135m")
+@click.option("--run-b", default=None, help="instead: a second run directory of any model, to compare the geometry of "
+              "the two vector sets (no model loaded)")
 @click.option("--steer-b", "-s", multiple=True, help="steer model b while reading, e.g. sad=0.1 (for a self-test)")
 @click.option("--layer", type=int, default=None, help="layer to read (default: the vectors' default layer)")
 @click.option("--base", is_flag=True, help="read plain prompts without the chat template (for base models)")
-def compare(run_dir: str, model_b: str, steer_b: tuple[str, ...], layer: int | None, base: bool) -> None:
-    """Which emotions rise and fall from the run's model to MODEL_B on the same prompts (analyses/compare.json)."""
+def compare(run_dir: str, model_b: str | None, run_b: str | None, steer_b: tuple[str, ...], layer: int | None,
+            base: bool) -> None:
+    """Which emotions rise and fall from the run's model to MODEL_B on the same prompts (analyses/compare.json),
+    or (--run-b) how alike two models' emotion geometry is (analyses/compare_runs.json)."""
+    if (model_b is None) == (run_b is None):
+        raise EmovecError("give exactly one of --model-b (same tokenizer, same prompts) or --run-b (another run's vectors)")
+    if run_b is not None:
+        for line in geometry_lines(run_compare_runs(run_dir, run_b, layer=layer)):
+            click.echo(line)
+        click.echo(f"results: {analyses_dir(run_dir) / 'compare_runs.json'}")
+        return
+    assert model_b is not None
     cfg = open_run(run_dir)
     lm = run_model(cfg)
     lm_b = lm if model_b == cfg.model else load_model(model_b, device=cfg.device, dtype=cfg.dtype)

@@ -13,6 +13,7 @@ from ..corpus import NEUTRAL_FILE, STORIES_FILE, corpus_report
 from ..experiments.registry import EXPERIMENTS
 from ..models import LanguageModel
 from ..storage import read_json, write_text
+from ..validate.crossmodel import geometry_lines
 from ..validate.runner import ANALYSES, PAPER, analyses_dir, load_vectors, run_analyses
 from ..vectors import EmotionVectors
 from .experiment_sections import EXPERIMENT_SECTIONS
@@ -117,6 +118,15 @@ def _compare_html(c: dict[str, Any]) -> str:
     return (f"<p>a = {esc(c['model_a'])}, b = {esc(c['model_b'])}{steer}; {c['n_prompts']} prompts, layer {c['layer']}, "
             f"{esc(c['test'])}. Risers: {esc(', '.join(c['risers']))}. Fallers: {esc(', '.join(c['fallers']))}.</p>"
             + table(["emotion", "mean b - a", "t", "p", "prompts rising"], rows))
+
+
+def _compare_runs_html(c: dict[str, Any]) -> str:
+    lines = "".join(f"<li>{esc(line.strip())}</li>" for line in geometry_lines(c)[1:])
+    sweep = [[s["layer_a"], s["layer_b"], f"{s['depth']:.2f}", f"{s['rsa_r']:+.3f}"] for s in c.get("sweep", [])]
+    return (f"<p>a = {esc(c['model_a'])} (layer {c['layer_a']}), b = {esc(c['model_b'])} (layer {c['layer_b']}, same "
+            f"relative depth; run {esc(c.get('run_b'))}), over the {c['n_emotions']} emotions both hold. Vectors of different "
+            "models live in different spaces; their geometry (which emotions lie close) can be compared.</p>"
+            f"<ul>{lines}</ul>" + table(["layer a", "layer b", "depth", "RSA r"], sweep))
 
 
 def _speakers_html(s: dict[str, Any]) -> str:
@@ -273,6 +283,8 @@ def write_report(run_dir: str | Path, lm: LanguageModel | None = None, compute: 
              section("Steering efficacy, judged from outside", res.get("steering"), _steering_html)]
     if compare.exists():
         parts.append(section("Model comparison", read_json(compare), _compare_html))
+    if (compare_runs := analyses_dir(run_dir) / "compare_runs.json").exists():
+        parts.append(section("Model comparison: emotion geometry across models", read_json(compare_runs), _compare_runs_html))
     if (speakers := analyses_dir(run_dir) / "speakers.json").exists():
         parts.append(section("Speaker probes", read_json(speakers), _speakers_html))
     for name, (title, render) in EXPERIMENT_SECTIONS.items():

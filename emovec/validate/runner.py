@@ -20,6 +20,7 @@ from . import analyses as an
 from . import scaling as scl
 from . import scenarios as sc
 from . import steering as st
+from .crossmodel import compare_geometry
 
 ANALYSES = ("logit-lens", "geometry", "layer-sweep", "severity", "implicit", "scaling", "steering")
 NEEDS_MODEL = {"logit-lens", "severity", "implicit", "steering"}
@@ -122,6 +123,18 @@ def run_compare(run_dir: str | Path, lm_b: LanguageModel, steer_b: SteeringVecto
     prompts = [r["text"] for r in sc.implicit_rows()]
     result = sc.compare_models(lm, lm_b, vecs, prompts, layer=layer, steer_b=steer_b, chat=chat)
     write_json(analyses_dir(run_dir) / "compare.json", result)
+    return result
+
+
+def run_compare_runs(run_dir: str | Path, run_b: str | Path, layer: int | None = None, n_perm: int = 2000) -> dict[str, Any]:
+    """Compare the emotion geometry of the run's vectors with another run's (any model; no model is loaded).
+
+    Saves `analyses/compare_runs.json`, which the report renders when present.
+    """
+    run_dir, run_b = Path(run_dir), Path(run_b)
+    result = compare_geometry(load_vectors(run_dir), load_vectors(run_b), layer_a=layer, n_perm=n_perm)
+    result["run_b"] = str(run_b)
+    write_json(analyses_dir(run_dir) / "compare_runs.json", result)
     return result
 
 
