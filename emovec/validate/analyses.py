@@ -100,7 +100,8 @@ def load_norms(path: str | None = None) -> pd.DataFrame | None:
     return df.drop_duplicates("word").set_index("word")[["valence", "arousal"]]
 
 
-def _corr(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def correlation(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Pearson and Spearman r of x and y with two-sided p and n (all None when n < 3 or either is constant)."""
     from scipy.stats import pearsonr, spearmanr
 
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
@@ -135,7 +136,8 @@ def pca_against_norms(units: np.ndarray, emotions: list[str], norms: pd.DataFram
             sign = np.sign(scores[np.argmax(np.abs(scores[:, pc])), pc]) or 1.0
         scores[:, pc] *= sign
     pcs = {f"pc{j + 1}": scores[matched, j] if j < scores.shape[1] else np.zeros(len(matched)) for j in range(n_pcs)}
-    corr = {f"{p}_{name}": _corr(pcs[p], t) for p in pcs for name, t in (("valence", val), ("arousal", aro))} if norms is not None else {}
+    pairs = (("valence", val), ("arousal", aro))
+    corr = {f"{p}_{name}": correlation(pcs[p], t) for p in pcs for name, t in pairs} if norms is not None else {}
     padded = np.zeros((scores.shape[0], n_pcs))
     padded[:, :min(n_pcs, scores.shape[1])] = scores[:, :n_pcs]
     return {"explained_variance": [float(v) for v in var[:5]], "scores": padded, "matched": [emotions[i] for i in matched],

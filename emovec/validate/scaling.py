@@ -64,8 +64,11 @@ def summary_stats(values: Sequence[float | None]) -> dict[str, Any]:
             "min": float(np.min(v)), "max": float(np.max(v)), "n": len(v)}
 
 
-def _units(x: torch.Tensor, y: np.ndarray, n: int, comps: torch.Tensor) -> torch.Tensor:
-    """Unit denoised vectors of n classes, built as `EmotionVectors` builds them (means minus their mean)."""
+def denoised_units(x: torch.Tensor, y: np.ndarray, n: int, comps: torch.Tensor) -> torch.Tensor:
+    """Unit denoised vectors of n classes from pooled rows `x` [m, d] with class indices `y` [m].
+
+    Built as `EmotionVectors` builds them: class means minus their mean, `comps` [k, d] projected out.
+    """
     means = class_means(x, y, n)
     return unit_rows(project_out(means - means.mean(0), comps))
 
@@ -128,10 +131,10 @@ def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None
             ranks, _ = heldout_ranks(x, y, n, comps, assign)
             per["top1"].append(float(np.mean(ranks == 0)))
             per["top5"].append(float(np.mean(ranks < 5)))
-            units = _units(x, y, n, comps)
+            units = denoised_units(x, y, n, comps)
             if all(len(draws[e]) >= 2 * k for e in names):
                 other = x_all[np.concatenate([draws[e][k:2 * k] for e in names])]
-                per["split_half"].append(float((units * _units(other, y, n, comps)).sum(1).mean()))
+                per["split_half"].append(float((units * denoised_units(other, y, n, comps)).sum(1).mean()))
             for key, value in _norm_metrics(units.numpy(), names, norms).items():
                 per[key].append(value)
         rows.append({"k": k, "n_stories": k * n, **{key: summary_stats(v) for key, v in per.items()}})
