@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+import pytest
 
 from emovec.report.results import readme_block
 
@@ -15,3 +18,13 @@ def test_readme_results_table_matches_the_committed_results_file():
     block = readme_block(results)
     assert block in (ROOT / "README.md").read_text(encoding="utf-8"), (
         "README.md's results table differs from results/demo.json: run `make readme-results`")
+
+
+@pytest.mark.parametrize("name", sorted(set(re.findall(r"<!-- results:([\w-]+):start",
+                                                   (ROOT / "README.md").read_text(encoding="utf-8")))))
+def test_every_readme_results_block_matches_its_results_file(name):
+    results = ROOT / "results" / f"{name}.json"
+    assert results.exists(), f"README.md has a results block for {name!r} but results/{name}.json is missing"
+    assert readme_block(results, name) in (ROOT / "README.md").read_text(encoding="utf-8"), (
+        f"README.md's {name} results table differs from results/{name}.json: "
+        f"run `emovec results --readme README.md --from results/{name}.json`")

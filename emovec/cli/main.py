@@ -288,12 +288,14 @@ def analyze(run_dir: str, only: str | None, force: bool) -> None:
 @click.argument("run_dir", required=False)
 @click.option("--readme", default=None, help="rewrite this README's results table from --from FILE instead")
 @click.option("--from", "from_file", default=None, help="the committed results file for --readme (e.g. results/demo.json)")
-def results_command(run_dir: str | None, readme: str | None, from_file: str | None) -> None:
+@click.option("--name", default=None, help="which README results block to rewrite (default: the results file's name, "
+              "e.g. demo for results/demo.json)")
+def results_command(run_dir: str | None, readme: str | None, from_file: str | None, name: str | None) -> None:
     """Headline results of RUN_DIR (written to RUN_DIR/results.json), or rewrite a README's table from a results file."""
     if readme:
         if not from_file:
             raise EmovecError("--readme needs --from RESULTS.json (e.g. results/demo.json)")
-        changed = results.update_readme(readme, from_file)
+        changed = results.update_readme(readme, from_file, name or Path(from_file).stem)
         click.echo(f"{readme}: results table {'rewritten' if changed else 'already up to date'} from {from_file}")
         return
     if not run_dir:
