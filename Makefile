@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.emovec-installed
 
-.PHONY: demo test lint bench readme-results clean-venv qwen llamacpp extras test-extras
+.PHONY: demo test lint bench readme-results clean-venv qwen llamacpp ray extras test-extras
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,11 +49,16 @@ llamacpp: $(STAMP)
 	  $(PY) -m pip wheel -q --no-deps -w $(WHEELS) $(LLAMA_CPP)
 	$(PY) -m pip install -q --find-links $(WHEELS) $(LLAMA_CPP)
 
+# Ray, for `emovec run RUN_DIR --ray [ADDRESS]` (story writing and extraction over Ray actors, on this machine or a
+# cluster; README "Scaling out with Ray"). Ray core only: no Ray Data, no CUDA; about 240 MB installed.
+ray: $(STAMP)
+	$(PY) -m pip install -q -e '.[ray]'
+
 # Every optional extra, then the tests that need them (CI runs this after `make test`).
-extras: qwen llamacpp
+extras: qwen llamacpp ray
 
 test-extras: extras
-	$(PY) -m pytest -q -ra tests/test_qwen.py tests/test_llamacpp.py
+	$(PY) -m pytest -q -ra tests/test_qwen.py tests/test_llamacpp.py tests/test_ray.py
 
 bench: $(STAMP)
 	$(PY) bench/bench.py

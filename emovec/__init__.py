@@ -3,8 +3,8 @@
 The package is layered; each layer imports only the ones below it:
 
 - core stages (this folder): storage, models, concepts, activations, vectors, generation, readout,
-  steering, control_vectors (llama.cpp GGUF control vectors), corpus, recognition, rundir (run directories)
-  and pipeline (the stages of a run);
+  steering, control_vectors (llama.cpp GGUF control vectors), corpus, recognition, rundir (run directories),
+  distributed (a run's writing and extraction on Ray actors; Ray optional) and pipeline (the stages of a run);
 - `validate/`: the paper's validation analyses and the runner that saves them in a run;
 - `live/`: the streaming monitor and the web server around it;
 - `experiments/`: behavioural experiments under steering;

@@ -10,11 +10,11 @@ content-free). A text with `start` or fewer tokens is pooled over positions
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from safetensors import SafetensorError
@@ -227,15 +227,39 @@ class CorpusActivations:
         return (self.norm_sum / max(self.norm_count, 1)).to(torch.float32)
 
 
+def shard_tensors(lm: LanguageModel, texts: Sequence[str], labels: Sequence[str], layers: Sequence[int],
+                  keep: Sequence[int], start: int = DEFAULT_START, batch_size: int = 16,
+                  max_tokens: int = 512) -> dict[str, torch.Tensor]:
+    """The tensors of one activation shard: pooled texts at `keep`, per-label sums and counts, token norms."""
+    pooled, norm_sum, n_tok = pool_texts(lm, texts, layers, start, batch_size, max_tokens)
+    groups = sorted(set(labels))
+    gidx = torch.tensor([groups.index(lab) for lab in labels])
+    sums = torch.zeros(len(groups), len(layers), lm.d_model, dtype=torch.float64)
+    sums.index_add_(0, gidx, pooled.to(torch.float64))
+    keep_idx = [list(layers).index(lay) for lay in keep]
+    return {"pooled": pooled[:, keep_idx], "sums": sums, "counts": torch.bincount(gidx, minlength=len(groups)),
+            "norm_sum": norm_sum, "norm_count": torch.tensor(n_tok)}
+
+
+class ShardPooler(Protocol):
+    """Computes `shard_tensors` for many chunks elsewhere (e.g. on Ray workers, `emovec.distributed`)."""
+
+    def pool_chunks(self, chunks: Iterable[tuple[list[str], list[str]]], layers: list[int], keep: list[int],
+                    start: int, batch_size: int, max_tokens: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """(position in `chunks`, `shard_tensors` of that chunk's (texts, labels)), in any order, one per chunk."""
+        ...
+
+
 def extract_corpus(lm: LanguageModel, rows: Sequence[dict[str, Any]], out_dir: str | Path, kind: str,
                    layers: Sequence[int] | None = None, keep_layers: Sequence[int] | None = None,
                    start: int = DEFAULT_START, batch_size: int = 16, shard_size: int = 256,
-                   max_tokens: int = 512, progress: bool = True) -> CorpusActivations:
+                   max_tokens: int = 512, progress: bool = True, pooler: ShardPooler | None = None) -> CorpusActivations:
     """Pool activations of `rows` (dicts with `id`, `text`, optional `emotion`) into shards under `out_dir`.
 
     Work is cut into fixed chunks of `shard_size` rows, each written atomically as
     `{kind}-NNNNN.safetensors`; a re-run skips every chunk whose shard exists with
-    the same ids, so an interrupted extraction resumes where it stopped.
+    the same ids, so an interrupted extraction resumes where it stopped. With a
+    `pooler` the chunks are pooled there (in any order) and the shards written here.
     """
     if not rows:
         raise EmovecError(f"the {kind} corpus is empty: generate or import texts first (`emovec stories`)")
@@ -248,25 +272,26 @@ def extract_corpus(lm: LanguageModel, rows: Sequence[dict[str, Any]], out_dir: s
     chunks = [rows[i:i + shard_size] for i in range(0, len(rows), shard_size)]
     spec = {"layers": layers, "keep_layers": keep, "start": start, "max_tokens": max_tokens}
     bar = tqdm(total=len(rows), desc=f"extract {kind}", unit="text", disable=not progress)
+    todo: list[tuple[int, list[str], list[str], list[str]]] = []  # (chunk index, ids, texts, labels)
     for ci, chunk in enumerate(chunks):
-        path = out_dir / shard_name(kind, ci)
         ids = [str(r["id"]) for r in chunk]
-        if path.exists() and _shard_matches(path, ids, spec):
+        if (out_dir / shard_name(kind, ci)).exists() and _shard_matches(out_dir / shard_name(kind, ci), ids, spec):
             bar.update(len(chunk))
-            continue
-        texts = [r["text"] for r in chunk]
-        labels = [str(r.get("emotion", kind)) for r in chunk]
-        pooled, norm_sum, n_tok = pool_texts(lm, texts, layers, start, batch_size, max_tokens)
+        else:
+            todo.append((ci, ids, [r["text"] for r in chunk], [str(r.get("emotion", kind)) for r in chunk]))
+    if pooler is None:  # here, one chunk after another
+        results: Iterable[tuple[int, dict[str, torch.Tensor]]] = (
+            (k, shard_tensors(lm, texts, labels, layers, keep, start, batch_size, max_tokens))
+            for k, (_, _, texts, labels) in enumerate(todo))
+    else:
+        results = pooler.pool_chunks(((texts, labels) for _, _, texts, labels in todo), layers, keep, start,
+                                     batch_size, max_tokens)
+    for k, tensors in results:
+        ci, ids, _, labels = todo[k]
         groups = sorted(set(labels))
-        gidx = torch.tensor([groups.index(lab) for lab in labels])
-        sums = torch.zeros(len(groups), len(layers), lm.d_model, dtype=torch.float64)
-        sums.index_add_(0, gidx, pooled.to(torch.float64))
-        keep_idx = [layers.index(lay) for lay in keep]
-        write_shard(path, {
-            "pooled": pooled[:, keep_idx], "sums": sums, "counts": torch.bincount(gidx, minlength=len(groups)),
-            "norm_sum": norm_sum, "norm_count": torch.tensor(n_tok),
-        }, {"ids": json.dumps(ids), "labels": json.dumps(labels), "groups": json.dumps(groups), "spec": json.dumps(spec)})
-        bar.update(len(chunk))
+        write_shard(out_dir / shard_name(kind, ci), tensors, {"ids": json.dumps(ids), "labels": json.dumps(labels),
+                                                              "groups": json.dumps(groups), "spec": json.dumps(spec)})
+        bar.update(len(ids))
     bar.close()
     for stale in sorted(out_dir.glob(f"{kind}-*.safetensors"))[len(chunks):]:
         stale.unlink()

@@ -232,17 +232,30 @@ def _done_jobs(path: Path) -> set[str]:
     return {str(r.get("job")) for r in read_jsonl(path)} if path.exists() else set()
 
 
+def corpus_chunk_seed(seed: int, ci: int) -> int:
+    """The generation seed of the chunk starting at job `ci` (depends only on the run seed and the position)."""
+    return seed * 1_000_003 + ci
+
+
 def _chunked_run(jobs: Sequence[Any], path: Path, backend: GenerationBackend, sampling: Sampling, seed: int,
                  chunk: int, render: Any, rows_of: Any, desc: str, progress: bool) -> None:
-    """Run `jobs` in fixed chunks, skipping finished ones, appending each chunk's rows at once."""
+    """Run `jobs` in fixed chunks, skipping finished ones, appending each chunk's rows at once, in chunk order.
+
+    A backend with `generate_chunks` (`ChunkedBackend`) gets all unfinished chunks as one stream and works
+    on several at once; the rows are appended as each chunk and all before it are done.
+    """
     done = _done_jobs(path)
     bar = tqdm(total=len(jobs), desc=desc, unit="prompt", disable=not progress)
+    work = []
     for ci in range(0, len(jobs), chunk):
         todo = [j for j in jobs[ci:ci + chunk] if j.id not in done]
         bar.update(min(chunk, len(jobs) - ci) - len(todo))
-        if not todo:
-            continue
-        texts = backend.generate([render(j) for j in todo], sampling, seed=seed * 1_000_003 + ci)
+        if todo:
+            work.append((ci, todo))
+    requests = (([render(j) for j in todo], corpus_chunk_seed(seed, ci)) for ci, todo in work)
+    stream = getattr(backend, "generate_chunks", None)
+    results = stream(requests, sampling) if stream is not None else (backend.generate(p, sampling, seed=s) for p, s in requests)
+    for (_, todo), texts in zip(work, results):
         append_jsonl(path, [row for j, t in zip(todo, texts) for row in rows_of(j, t)])
         bar.update(len(todo))
     bar.close()

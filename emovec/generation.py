@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -43,6 +43,18 @@ class GenerationBackend(Protocol):
 
     def generate(self, prompts: Sequence[str], sampling: Sampling, seed: int) -> list[str]:
         """Completions of `prompts` (in order); the same seed gives the same completions."""
+        ...
+
+
+class ChunkedBackend(GenerationBackend, Protocol):
+    """A backend that works on many chunks at once (e.g. over Ray workers, `emovec.distributed.RayBackend`)."""
+
+    def generate_chunks(self, chunks: Iterable[tuple[Sequence[str], int]], sampling: Sampling) -> Iterator[list[str]]:
+        """For each (prompts, seed) in `chunks`, in input order, what `generate(prompts, sampling, seed)` returns.
+
+        `chunks` may be consumed ahead of what has been yielded (work in flight); each result is
+        yielded as soon as it and all before it are ready.
+        """
         ...
 
 

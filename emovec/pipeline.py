@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from .activations import extract_corpus, load_corpus_activations
 from .corpus import generate_neutral, generate_stories, import_stories, load_corpus, topics
+from .distributed import RayOptions, RayPool, ray_session
 from .models import LanguageModel
 from .provenance import run_lock
 from .readout import score_texts, token_baseline
@@ -42,15 +44,16 @@ log = logging.getLogger(__name__)
 
 
 def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progress: bool = True,
-                  writer: LanguageModel | None = None) -> dict[str, Any]:
+                  writer: LanguageModel | None = None, pool: RayPool | None = None) -> dict[str, Any]:
     """Generate (or import) the story corpus and the neutral corpus; skips what exists.
 
     They are written by `writer`: by default the run's writer (`run_writer`: `lm` itself unless
-    the run names another model, which is then loaded).
+    the run names another model, which is then loaded). With a Ray `pool` the chunks are written
+    by its actors (same chunks, seeds and backend) and appended here.
     """
     emotions = run_emotions(cfg)
     writer = writer or run_writer(cfg, lm)
-    backend = make_backend(cfg, writer)
+    backend = pool.backend() if pool is not None else make_backend(cfg, writer)
     if cfg.import_stories:
         report = import_stories(cfg.import_stories, run_dir, emotions)
     else:
@@ -63,15 +66,20 @@ def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
     return {"stories": report.summary(), "neutral": neutral.summary()}
 
 
-def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progress: bool = True) -> EmotionVectors:
-    """Pool activations of both corpora (resumable shards) and build `vectors.safetensors`."""
+def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progress: bool = True,
+                  pool: RayPool | None = None) -> EmotionVectors:
+    """Pool activations of both corpora (resumable shards) and build `vectors.safetensors`.
+
+    With a Ray `pool` the shards' chunks are pooled by its actors and the shards written here.
+    """
     run_dir = Path(run_dir)
     emotions = run_emotions(cfg)
     stories = load_corpus(run_dir, "stories", emotions)
     neutral_rows = load_corpus(run_dir, "neutral") if (run_dir / "neutral.jsonl").exists() else []
     act_dir = run_dir / "activations"
     keep = keep_layers(cfg, lm)
-    common: dict[str, Any] = {"start": cfg.token_start, "batch_size": cfg.extract_batch_size, "progress": progress}
+    common: dict[str, Any] = {"start": cfg.token_start, "batch_size": cfg.extract_batch_size, "progress": progress,
+                           "pooler": pool.pooler() if pool is not None else None}
     story_acts = extract_corpus(lm, stories, act_dir, "stories", keep_layers=keep, **common)
     neutral_acts = extract_corpus(lm, neutral_rows, act_dir, "neutral", **common) if neutral_rows else None
     present = [e for e in emotions if story_acts.counts.get(e, 0) > 0]
@@ -159,27 +167,36 @@ def prepare_models(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None
 
 
 def run(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None, progress: bool = True,
-        allow_drift: bool = False, writer: LanguageModel | None = None) -> dict[str, Any]:
+        allow_drift: bool = False, writer: LanguageModel | None = None, ray: RayOptions | None = None) -> dict[str, Any]:
     """Every stage into `run_dir`, resuming whatever is already there; returns (and writes) the summary.
 
     Holds the run directory's lock throughout, so a second process on the same run is refused.
-    The report is not part of the pipeline: `emovec.run` (`emovec.report.run`) adds it.
+    With `ray`, story writing and extraction run on a pool of Ray actors (`emovec.distributed`);
+    the files are the same. The report is not part of the pipeline: `emovec.run` (`emovec.report.run`) adds it.
     """
-    with run_lock(run_dir):
-        return _run(Path(run_dir), cfg, lm, progress, allow_drift, writer)
+    with ray_session(ray) if ray is not None else nullcontext(), run_lock(run_dir):  # Ray first: fails before writing
+        return _run(Path(run_dir), cfg, lm, progress, allow_drift, writer, ray)
 
 
 def _run(run_dir: Path, cfg: RunConfig, lm: LanguageModel | None, progress: bool, allow_drift: bool,
-         writer: LanguageModel | None) -> dict[str, Any]:
+         writer: LanguageModel | None, ray: RayOptions | None = None) -> dict[str, Any]:
     t0 = time.time()
     cfg, lm, writer = prepare_models(run_dir, cfg, lm, allow_drift, writer)
     timings: dict[str, float] = {}
     t = time.time()
-    corpus = stage_stories(run_dir, cfg, lm, progress, writer)
-    timings["corpus_s"] = round(time.time() - t, 1)
-    t = time.time()
-    vectors = stage_extract(run_dir, cfg, lm, progress)
-    timings["extract_s"] = round(time.time() - t, 1)
+    pool = RayPool(cfg, ray, allow_drift) if ray is not None else None
+    try:
+        if pool is not None:
+            timings["ray_start_s"] = round(time.time() - t, 1)
+        t = time.time()
+        corpus = stage_stories(run_dir, cfg, lm, progress, writer, pool)
+        timings["corpus_s"] = round(time.time() - t, 1)
+        t = time.time()
+        vectors = stage_extract(run_dir, cfg, lm, progress, pool)
+        timings["extract_s"] = round(time.time() - t, 1)
+    finally:
+        if pool is not None:
+            pool.close()
     recog = stage_recognition(run_dir, cfg)
     probes = probe_readout(lm, vectors)
     layer = vectors.default_layer
@@ -195,5 +212,8 @@ def _run(run_dir: Path, cfg: RunConfig, lm: LanguageModel | None, progress: bool
                         "confusions": recog["confusions"][:5]},
         "probes": probes, "timings": timings,
     }
+    if pool is not None:
+        summary["ray"] = {"workers": len(pool.infos), "cpus_per_worker": pool.options.cpus_per_worker,
+                          "address": pool.options.address or "local"}
     write_json(run_dir / "summary.json", summary)
     return summary

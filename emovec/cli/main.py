@@ -6,7 +6,8 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +15,7 @@ import click
 
 from .. import report as report_layer
 from .._version import __version__
+from ..distributed import RayOptions, RayPool, import_ray, ray_session
 from ..embedded import EMBEDDED
 from ..models import load_model
 from ..pipeline import prepare, prepare_models, stage_extract, stage_recognition, stage_stories
@@ -124,6 +126,40 @@ def run_options(f: _F) -> _F:
     return allow_drift_option(model_options(f))
 
 
+def ray_options(f: _F) -> _F:
+    """--ray [ADDRESS] and --ray-workers: write the corpora and extract on Ray actors (execution only; same files)."""
+    f = click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+                     help="Ray actors, each holding one model copy and one CPU (default: one per CPU; with --ray)")(f)
+    return click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                        help="split story writing and extraction over Ray actors: a local Ray instance (no value), or "
+                             "the cluster at ADDRESS (e.g. ray://head:10001 or auto); needs `make ray`")(f)
+
+
+def _ray(address: str | None, workers: int | None) -> RayOptions | None:
+    """The run's Ray settings from --ray/--ray-workers (None: one process)."""
+    if address is None:
+        if workers is not None:
+            raise EmovecError("--ray-workers needs --ray")
+        return None
+    import_ray()  # a missing Ray fails before anything is written
+    return RayOptions(address=None if address == "local" else address, workers=workers)
+
+
+@contextmanager
+def _pool(cfg: Any, ray: RayOptions | None, allow_drift: bool) -> Iterator[RayPool | None]:
+    """A Ray pool for the run's resolved settings while the block runs, or None without --ray."""
+    if ray is None:
+        yield None
+        return
+    with RayPool(cfg, ray, allow_drift) as pool:
+        yield pool
+
+
+def _session(ray: RayOptions | None) -> AbstractContextManager[Any]:
+    """Ray connected (or started) for the command, before anything is written; nothing without --ray."""
+    return ray_session(ray) if ray is not None else nullcontext()
+
+
 def _config(run_dir: str, preset: str | None, emotions: str | None, **kw: Any) -> Any:
     """The run's settings: a new run from preset + options, or a stored run with the options given on top."""
     given = {k: v for k, v in kw.items() if v is not None}
@@ -173,10 +209,13 @@ def _print_summary(s: dict[str, Any]) -> None:
 @main.command()
 @click.argument("run_dir")
 @run_options
-def run(run_dir: str, model: str | None, device: str, dtype: str | None, allow_drift: bool, **kw: Any) -> None:
+@ray_options
+def run(run_dir: str, model: str | None, device: str, dtype: str | None, allow_drift: bool, ray_address: str | None,
+        ray_workers: int | None, **kw: Any) -> None:
     """Whole pipeline into RUN_DIR: stories, neutral corpus, activations, vectors, recognition (resumable)."""
+    ray = _ray(ray_address, ray_workers)
     cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
-    summary = report_layer.run(run_dir, cfg, allow_drift=allow_drift)
+    summary = report_layer.run(run_dir, cfg, allow_drift=allow_drift, ray=ray)
     _print_summary(summary)
     if summary.get("report"):  # the analyses exist: the headline results, also saved as RUN_DIR/results.json
         res = results.save(run_dir, command=" ".join(["emovec", *sys.argv[1:]]))
@@ -188,26 +227,33 @@ def run(run_dir: str, model: str | None, device: str, dtype: str | None, allow_d
 @main.command()
 @click.argument("run_dir")
 @run_options
-def stories(run_dir: str, model: str | None, device: str, dtype: str | None, allow_drift: bool, **kw: Any) -> None:
+@ray_options
+def stories(run_dir: str, model: str | None, device: str, dtype: str | None, allow_drift: bool, ray_address: str | None,
+            ray_workers: int | None, **kw: Any) -> None:
     """Generate (or --import) the story and neutral corpora into RUN_DIR (resumable)."""
+    ray = _ray(ray_address, ray_workers)
     cfg = _config(run_dir, model=model, device=device, dtype=dtype, **kw)
-    with run_lock(run_dir):
+    with _session(ray), run_lock(run_dir):
         cfg, lm, writer = prepare_models(run_dir, cfg, allow_drift=allow_drift)
-        click.echo(json.dumps(stage_stories(run_dir, cfg, lm, writer=writer), indent=2))
+        with _pool(cfg, ray, allow_drift) as pool:
+            click.echo(json.dumps(stage_stories(run_dir, cfg, lm, writer=writer, pool=pool), indent=2))
 
 
 @main.command()
 @click.argument("run_dir")
 @click.option("--device", default=None, help="torch device (default: the run's)")
 @allow_drift_option
-def extract(run_dir: str, device: str | None, allow_drift: bool) -> None:
+@ray_options
+def extract(run_dir: str, device: str | None, allow_drift: bool, ray_address: str | None, ray_workers: int | None) -> None:
     """Pool activations of RUN_DIR's corpora and write vectors.safetensors (resumable)."""
-    with run_lock(run_dir):
+    ray = _ray(ray_address, ray_workers)
+    with _session(ray), run_lock(run_dir):
         cfg = open_run(run_dir)
         if device:
             cfg = dataclasses.replace(cfg, device=device)
         cfg, lm = prepare(run_dir, cfg, allow_drift=allow_drift)
-        vectors = stage_extract(run_dir, cfg, lm)
+        with _pool(cfg, ray, allow_drift) as pool:
+            vectors = stage_extract(run_dir, cfg, lm, pool=pool)
         recog = stage_recognition(run_dir, cfg)
     click.echo(f"wrote {Path(run_dir) / VECTORS_FILE}: {len(vectors.emotions)} emotions x {len(vectors.layers)} layers")
     for row in recog["layers"]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import pipeline
+from ..distributed import RayOptions
 from ..models import LanguageModel
 from ..rundir import RunConfig
 from ..storage import write_json
@@ -18,12 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def run(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None = None, progress: bool = True,
-        allow_drift: bool = False) -> dict[str, Any]:
+        allow_drift: bool = False, ray: RayOptions | None = None) -> dict[str, Any]:
     """`pipeline.run` (every stage, resumable), then `report.html`; returns the summary with the report's path.
 
     A failing analysis must not cost the user the run: the report error is logged and the summary kept.
     """
-    summary = pipeline.run(run_dir, cfg, lm=lm, progress=progress, allow_drift=allow_drift)
+    summary = pipeline.run(run_dir, cfg, lm=lm, progress=progress, allow_drift=allow_drift, ray=ray)
     try:
         summary["report"] = str(write_report(run_dir, lm))
     except Exception as exc:  # noqa: BLE001 - any analysis failure: keep the run, say how to retry
