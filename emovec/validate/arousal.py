@@ -29,7 +29,7 @@ from ..recognition import class_means
 from ..storage import EmovecError
 from ..vectors import EmotionVectors, denoise_components, project_out
 from .analyses import correlation, load_norms, pca_against_norms
-from .scaling import common_k, default_ks, denoised_units, null_abs_r, summary_stats
+from .scaling import denoised_units, null_abs_r, sizes_and_emotions, summary_stats
 
 DEFAULT_FRACTIONS = (0.0, 0.5, 0.7, 0.9, 0.95)
 TARGETS = ("arousal", "arousal_given_valence", "valence")
@@ -347,11 +347,7 @@ def subsample_curve(stories: CorpusActivations, neutral: CorpusActivations | Non
     the largest k is the one `min_share` of the emotions reach (`common_k`).
     """
     labels = np.array(stories.labels)
-    counts = {e: int((labels == e).sum()) for e in emotions}
-    want = sorted({int(k) for k in (ks or default_ks(common_k(list(counts.values()), min_share))) if int(k) >= 2})
-    if not want:
-        raise EmovecError("the corpus-size curve needs at least 2 stories per emotion")
-    names = [e for e in emotions if counts[e] >= max(want)]
+    want, names, _ = sizes_and_emotions(stories.labels, emotions, ks, min_share, "the corpus-size curve")
     matched = np.array([i for i, e in enumerate(names) if e in norms.index], dtype=int)
     if len(matched) < 10:
         raise EmovecError(f"only {len(matched)} rated emotions have {max(want)} stories; lower the largest k")

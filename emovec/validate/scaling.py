@@ -86,6 +86,19 @@ def _norm_metrics(units: np.ndarray, names: list[str], norms: pd.DataFrame | Non
     return out
 
 
+def sizes_and_emotions(labels: Sequence[str], emotions: Sequence[str], ks: Sequence[int] | None, min_share: float,
+                       what: str) -> tuple[list[int], list[str], dict[str, int]]:
+    """The corpus sizes k to draw (>= 2; default: up to what `min_share` of the emotions reach), the
+    emotions that have the largest k, and the stories per emotion; a one-line error naming `what`
+    when there is nothing to draw."""
+    lab = np.asarray(labels)
+    counts = {e: int((lab == e).sum()) for e in emotions}
+    want = sorted({int(k) for k in (ks or default_ks(common_k(list(counts.values()), min_share))) if int(k) >= 2})
+    if not want:
+        raise EmovecError(f"{what} needs at least 2 stories per emotion")
+    return want, [e for e in emotions if counts[e] >= max(want)], counts
+
+
 def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None, emotions: Sequence[str],
                    layer: int, ks: Sequence[int] | None = None, seeds: int = 5, folds: int = 5,
                    denoise_fraction: float = 0.5, norms: pd.DataFrame | None = None,
@@ -106,11 +119,7 @@ def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None
     if layer not in stories.keep_layers:
         raise EmovecError(f"per-story activations were not kept at layer {layer} (kept: {stories.keep_layers})")
     labels = np.array(stories.labels)
-    counts = {e: int((labels == e).sum()) for e in emotions}
-    want = sorted({int(k) for k in (ks or default_ks(common_k(list(counts.values()), min_share))) if int(k) >= 2})
-    if not want:
-        raise EmovecError("corpus scaling needs at least 2 stories per emotion")
-    names = [e for e in emotions if counts[e] >= max(want)]
+    want, names, counts = sizes_and_emotions(stories.labels, emotions, ks, min_share, "corpus scaling")
     if len(names) < 3:
         raise EmovecError(f"corpus scaling needs 3+ emotions with {max(want)} stories each; lower the largest k")
     x_all = stories.pooled[:, stories.keep_layers.index(layer)].to(torch.float64)
