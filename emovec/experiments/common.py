@@ -87,13 +87,18 @@ class Timing(TypedDict):
 # ---------------------------------------------------------------------------------------------- folders and settings
 
 
-def experiment_dir(run_dir: str | Path, folder: str, tag: str | None = None) -> Path:
-    """`RUN_DIR/experiments/<folder>/`, or `<folder>-<tag>/` for a second set of settings (created on demand)."""
+def results_folder(run_dir: str | Path, folder: str, tag: str | None = None) -> Path:
+    """`RUN_DIR/experiments/<folder>/`, or `<folder>-<tag>/` for a second set of settings (not created)."""
     if tag is not None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", tag):
             raise EmovecError(f"tag {tag!r}: use 1-40 letters, digits, '_', '.' or '-' (it names the results folder)")
         folder = f"{folder}-{tag}"
-    path = Path(run_dir) / EXPERIMENTS_DIR / folder
+    return Path(run_dir) / EXPERIMENTS_DIR / folder
+
+
+def experiment_dir(run_dir: str | Path, folder: str, tag: str | None = None) -> Path:
+    """`results_folder`, created on demand."""
+    path = results_folder(run_dir, folder, tag)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..storage import EmovecError
 from . import blackmail, hacking, preferences
-from .common import EXPERIMENTS_DIR, SUMMARY_FILE
+from .common import SUMMARY_FILE, results_folder
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Experiment:
 
     def results_dir(self, run_dir: str | Path, tag: str | None = None) -> Path:
         """`RUN_DIR/experiments/<folder>/` (`<folder>-<tag>/` with a tag): the experiment's samples and results."""
-        return Path(run_dir) / EXPERIMENTS_DIR / (self.folder if tag is None else f"{self.folder}-{tag}")
+        return results_folder(run_dir, self.folder, tag)
 
     def tagged_dirs(self, run_dir: str | Path) -> list[tuple[str | None, Path]]:
         """(tag, folder) of every results folder of this experiment in a run that has a summary: untagged first."""
