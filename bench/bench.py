@@ -4,7 +4,12 @@ Measures (issue 7): the machine's matmul throughput and the compute limit it imp
 story generation (emovec's decode loop vs plain `model.generate`, same prompts,
 sampling and token budget); extraction vs a bare forward pass with padding waste;
 readout (all emotions, every token) and steering overhead during generation; peak
-resident memory of extraction at two corpus sizes. Run with `make bench`.
+resident memory of extraction at two corpus sizes. Each generation row is also given
+as a share of the roofline of the dtype it computes in (matmul rate / FLOP per token).
+With `--vllm` (in the environment `make vllm` builds: `make bench-vllm`) the same
+prompts and texts also go through a vLLM engine: generation in fp32 and bf16,
+extraction (pooled in the engine) and its readout and steering overheads.
+Run with `make bench`.
 """
 
 from __future__ import annotations
@@ -140,6 +145,51 @@ def overheads(lm, prompts: list[str], new_tokens: int, reps: int = 3) -> dict:
             "steering": round(100 * (best["steering"] / best["plain"] - 1), 1)}
 
 
+def vllm_rows(lm, prompts: list[str], sampling: Sampling, texts: list[str], gen: dict) -> dict:
+    """vLLM on the same prompts and texts: generation rows (added to `gen`), extraction, readout and steering cost.
+
+    Each engine is started, warmed on a few prompts, measured and shut down; start-up
+    time (not in the rates) is reported. Overheads compare best-of-3 wall times of the
+    same requests with and without a steering vector, and with a readout hook projecting
+    every token onto 171 emotions.
+    """
+    from emovec.vllm_engine import VLLMEngine
+
+    out: dict = {}
+    layer = 2 * lm.n_layers // 3
+    for dtype, name in (("float32", "vllm fp32"), ("bfloat16", "vllm bf16")):
+        t = time.perf_counter()
+        with VLLMEngine(lm, dtype=dtype) as eng:
+            eng.generate(prompts[:4], Sampling(max_new_tokens=8), seed=0)
+            out[f"start_s_{dtype}"] = round(time.perf_counter() - t, 1)
+            gen[name] = gen_rate(eng, prompts, sampling, lm)
+    with VLLMEngine(lm) as eng:
+        eng.pool(texts[:4], [0])
+        n_tok = sum(len(x) for x in lm.tokenizer(texts, truncation=True, max_length=512)["input_ids"])
+        best = 0.0
+        for _ in range(3):
+            t = time.perf_counter()
+            eng.pool(texts, list(range(lm.n_layers)))
+            best = max(best, n_tok / (time.perf_counter() - t))
+        out["extraction_tokens_per_s"] = round(best, 1)
+        short = Sampling(max_new_tokens=96)
+        rows = prompts[:32]
+        sv = SteeringVector({layer: 1e-3 * torch.randn(lm.d_model)})
+        vecs = wide_vectors(lm, layer)
+        times = {"plain": float("inf"), "steering": float("inf"), "readout": float("inf")}
+        for _ in range(3):
+            for kind in times:
+                t = time.perf_counter()
+                if kind == "readout":
+                    eng.generate_with_readout(rows, short, 5, vecs, layer)
+                else:
+                    eng.generate(rows, short, seed=5, steer=sv if kind == "steering" else None)
+                times[kind] = min(times[kind], time.perf_counter() - t)
+        out["overhead_percent"] = {k: round(100 * (times[k] / times["plain"] - 1), 1) for k in ("steering", "readout")}
+        out["overhead_rows"] = len(rows)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--prompts", type=int, default=256, help="story prompts for the generation comparison")
@@ -147,6 +197,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=150, help="token budget per story (the quick preset uses 150)")
     ap.add_argument("--texts", type=int, default=96, help="texts for extraction (RSS also at 4x this)")
     ap.add_argument("--out", default="bench/results.json")
+    ap.add_argument("--vllm", action="store_true", help="add the vLLM engine's rows (needs `make vllm`)")
     args = ap.parse_args()
     lm = load_model()
     params = sum(p.numel() for p in lm.model.parameters())
@@ -173,13 +224,18 @@ def main() -> None:
     for name, be in backends:
         gen[name] = gen_rate(be, prompts, sampling, lm)
         gen[name]["finished_row_waste"] = round(1 - be.stats["live_row_steps"] / be.stats["row_steps"], 3)
+    texts = texts_for(args.texts)
+    if args.vllm:
+        res["vllm"] = vllm_rows(lm, prompts, sampling, texts, gen)
     hf = gen["hf_generate (batch 48)"]["tokens_per_s"]
-    for row in gen.values():
+    for name, row in gen.items():
+        dtype = "bfloat16" if "bf16" in name else "float32"
+        row["dtype"] = dtype
         row["vs_hf_generate"] = round(row["tokens_per_s"] / hf, 2)
         row["of_fp32_limit"] = round(row["tokens_per_s"] / lim_gen, 3)
+        row["of_roofline"] = round(row["tokens_per_s"] / (res["matmul_gflops"][dtype] / gflop_gen), 3)
     res["generation"] = {"prompts": len(prompts), "new_tokens": args.new_tokens, "batch": args.batch, "backends": gen}
 
-    texts = texts_for(args.texts)
     n_tok = sum(len(x) for x in lm.tokenizer(texts, truncation=True, max_length=512)["input_ids"])
     bare = ours = 0.0
     for _ in range(3):  # interleaved, best of 3: this kind of machine drifts by tens of percent between minutes
@@ -188,6 +244,8 @@ def main() -> None:
         t = time.perf_counter()
         pool_texts(lm, texts, list(range(lm.n_layers)), batch_size=16)
         ours = max(ours, n_tok / (time.perf_counter() - t))
+    if args.vllm:
+        res["vllm"]["extraction_vs_bare_forward"] = round(res["vllm"]["extraction_tokens_per_s"] / bare, 3)
     res["extraction"] = {"emovec_tokens_per_s": round(ours, 1), "bare_forward_tokens_per_s": round(bare, 1),
                          "ratio": round(ours / bare, 3), "padding_waste": round(waste, 3), "texts": len(texts),
                          "of_fp32_limit": round(ours / lim_ext, 3)}
@@ -205,9 +263,10 @@ def print_table(res: dict) -> None:
     g = res["generation"]
     print(f"\ngeneration ({g['prompts']} story prompts x {g['new_tokens']} new tokens, same sampling; emovec batch "
           f"{g['batch']}; bf16 writer {'used' if res['bf16_writer']['pays_here'] else 'skipped: slower than fp32 here'})")
-    print(f"{'path':<26}{'tok/s':>9}{'vs generate':>13}{'of fp32 limit':>15}")
+    print(f"{'path':<26}{'dtype':>9}{'tok/s':>9}{'vs generate':>13}{'of fp32 limit':>15}{'of its roofline':>17}")
     for name, row in g["backends"].items():
-        print(f"{name:<26}{row['tokens_per_s']:>9}{row['vs_hf_generate']:>12}x{row['of_fp32_limit']:>14.1%}")
+        print(f"{name:<26}{row['dtype']:>9}{row['tokens_per_s']:>9}{row['vs_hf_generate']:>12}x"
+              f"{row['of_fp32_limit']:>14.1%}{row['of_roofline']:>16.1%}")
     e = res["extraction"]
     print(f"\nextraction {e['emovec_tokens_per_s']} tok/s vs bare forward {e['bare_forward_tokens_per_s']} "
           f"(ratio {e['ratio']}), padding waste {e['padding_waste']:.1%}, {e['of_fp32_limit']:.1%} of fp32 limit")
@@ -215,6 +274,12 @@ def print_table(res: dict) -> None:
     print(f"overhead during generation: readout (171 emotions, every token) {o['readout_171_emotions']:+.1f}%, "
           f"steering {o['steering']:+.1f}%")
     print(f"extraction peak RSS (MB): {res['extraction_peak_rss_mb']}")
+    v = res.get("vllm")
+    if v:
+        print(f"vLLM: extraction {v['extraction_tokens_per_s']} tok/s = {v['extraction_vs_bare_forward']} of the bare "
+              f"forward; overhead ({v['overhead_rows']} rows): readout {v['overhead_percent']['readout']:+.1f}%, "
+              f"steering {v['overhead_percent']['steering']:+.1f}%; engine start {v['start_s_float32']} s (fp32), "
+              f"{v['start_s_bfloat16']} s (bf16)")
 
 
 if __name__ == "__main__":

@@ -232,13 +232,19 @@ def shard_tensors(lm: LanguageModel, texts: Sequence[str], labels: Sequence[str]
                   max_tokens: int = 512) -> dict[str, torch.Tensor]:
     """The tensors of one activation shard: pooled texts at `keep`, per-label sums and counts, token norms."""
     pooled, norm_sum, n_tok = pool_texts(lm, texts, layers, start, batch_size, max_tokens)
+    return shard_from_pooled(pooled, norm_sum, n_tok, labels, layers, keep)
+
+
+def shard_from_pooled(pooled: torch.Tensor, norm_sum: torch.Tensor, n_tokens: int, labels: Sequence[str],
+                      layers: Sequence[int], keep: Sequence[int]) -> dict[str, torch.Tensor]:
+    """A shard's tensors from pooled texts [n, len(layers), d] (as `pool_texts` returns them, from any engine)."""
     groups = sorted(set(labels))
     gidx = torch.tensor([groups.index(lab) for lab in labels])
-    sums = torch.zeros(len(groups), len(layers), lm.d_model, dtype=torch.float64)
+    sums = torch.zeros(len(groups), len(layers), pooled.shape[-1], dtype=torch.float64)
     sums.index_add_(0, gidx, pooled.to(torch.float64))
     keep_idx = [list(layers).index(lay) for lay in keep]
     return {"pooled": pooled[:, keep_idx], "sums": sums, "counts": torch.bincount(gidx, minlength=len(groups)),
-            "norm_sum": norm_sum, "norm_count": torch.tensor(n_tok)}
+            "norm_sum": norm_sum, "norm_count": torch.tensor(n_tokens)}
 
 
 class ShardPooler(Protocol):

@@ -129,6 +129,7 @@ class LanguageModel:
     fingerprint: str
     layers: nn.ModuleList = field(repr=False)
     source: Path | None = None  # the file or directory the weights came from (for the run's file fingerprint)
+    weights_dir: Path | None = None  # the Hugging Face folder actually loaded (a GGUF's dequantised cache); for vLLM
 
     @property
     def n_layers(self) -> int:
@@ -289,4 +290,4 @@ def load_model(
     layers, path = find_layers(model, layers_path)
     return LanguageModel(model=model, tokenizer=tokenizer, name=display, layers_path=path,
                          fingerprint=config_fingerprint(model.config), layers=layers,
-                         source=gguf if gguf is not None else Path(name))
+                         source=gguf if gguf is not None else Path(name), weights_dir=src)

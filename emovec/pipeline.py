@@ -27,9 +27,11 @@ from .rundir import (
     check_drift,
     check_model_for_run,
     clean_stale_temps,
+    close_engine,
     current_provenance,
     keep_layers,
     make_backend,
+    make_pooler,
     open_run,
     resolve_run,
     run_emotions,
@@ -39,6 +41,7 @@ from .rundir import (
 )
 from .storage import EmovecError, read_jsonl, write_json
 from .vectors import EmotionVectors
+from .vllm_engine import import_vllm
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +57,18 @@ def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
     emotions = run_emotions(cfg)
     writer = writer or run_writer(cfg, lm)
     backend = pool.backend() if pool is not None else make_backend(cfg, writer)
-    if cfg.import_stories:
-        report = import_stories(cfg.import_stories, run_dir, emotions)
-    else:
-        report = generate_stories(writer, backend, run_dir, emotions, cfg.per_emotion, cfg.sampling(), cfg.seed,
-                                  cfg.stories_per_prompt, topic_list=topics()[:cfg.topics] if cfg.topics else None,
-                                  chunk=max(cfg.gen_batch_size, 16), progress=progress, prime=cfg.prime,
-                                  style=cfg.prompt_style)
-    neutral = generate_neutral(writer, backend, run_dir, cfg.n_neutral, seed=cfg.seed,
-                               chunk=max(cfg.gen_batch_size, 16), progress=progress)
+    try:
+        if cfg.import_stories:
+            report = import_stories(cfg.import_stories, run_dir, emotions)
+        else:
+            report = generate_stories(writer, backend, run_dir, emotions, cfg.per_emotion, cfg.sampling(), cfg.seed,
+                                      cfg.stories_per_prompt, topic_list=topics()[:cfg.topics] if cfg.topics else None,
+                                      chunk=max(cfg.gen_batch_size, 16), progress=progress, prime=cfg.prime,
+                                      style=cfg.prompt_style)
+        neutral = generate_neutral(writer, backend, run_dir, cfg.n_neutral, seed=cfg.seed,
+                                   chunk=max(cfg.gen_batch_size, 16), progress=progress)
+    finally:
+        close_engine(backend)
     return {"stories": report.summary(), "neutral": neutral.summary()}
 
 
@@ -70,7 +76,8 @@ def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
                   pool: RayPool | None = None) -> EmotionVectors:
     """Pool activations of both corpora (resumable shards) and build `vectors.safetensors`.
 
-    With a Ray `pool` the shards' chunks are pooled by its actors and the shards written here.
+    With a Ray `pool` the shards' chunks are pooled by its actors, with the `vllm` backend by a
+    vLLM engine; the shards are written here either way.
     """
     run_dir = Path(run_dir)
     emotions = run_emotions(cfg)
@@ -78,10 +85,14 @@ def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
     neutral_rows = load_corpus(run_dir, "neutral") if (run_dir / "neutral.jsonl").exists() else []
     act_dir = run_dir / "activations"
     keep = keep_layers(cfg, lm)
+    pooler = pool.pooler() if pool is not None else make_pooler(cfg, lm)
     common: dict[str, Any] = {"start": cfg.token_start, "batch_size": cfg.extract_batch_size, "progress": progress,
-                           "pooler": pool.pooler() if pool is not None else None}
-    story_acts = extract_corpus(lm, stories, act_dir, "stories", keep_layers=keep, **common)
-    neutral_acts = extract_corpus(lm, neutral_rows, act_dir, "neutral", **common) if neutral_rows else None
+                              "pooler": pooler}
+    try:
+        story_acts = extract_corpus(lm, stories, act_dir, "stories", keep_layers=keep, **common)
+        neutral_acts = extract_corpus(lm, neutral_rows, act_dir, "neutral", **common) if neutral_rows else None
+    finally:
+        close_engine(pooler)
     present = [e for e in emotions if story_acts.counts.get(e, 0) > 0]
     if len(present) < len(emotions):
         missing = [e for e in emotions if e not in present]
@@ -151,6 +162,8 @@ def prepare_models(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None
     settings. `lm` and `writer`, if given, must be the run's model and writer (a writer named like the model is
     the model). Returns (settings, model, writer). Call it while holding `run_lock(run_dir)`."""
     cfg = open_run(run_dir, cfg, write=False)
+    if cfg.backend == "vllm":
+        import_vllm()  # a missing engine fails before anything is loaded or written
     lm = lm or run_model(cfg)
     writer = run_writer(cfg, lm) if writer is None or cfg.writer_model() == cfg.model else writer
     check_model_for_run(lm, cfg, writer)

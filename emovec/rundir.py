@@ -21,6 +21,7 @@ an instruct model writes for it.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from .models import DEFAULT_MODEL, LanguageModel, load_model
 from .provenance import cpu_info, drift, file_fingerprint, library_versions
 from .storage import EmovecError, read_json, write_json
 from .vectors import EmotionVectors
+from .vllm_engine import VLLMBackend, VLLMEngine, VLLMPooler
 
 RUN_FILE = "run.json"
 VECTORS_FILE = "vectors.safetensors"
@@ -68,7 +70,7 @@ class RunConfig:
     keep_layers: list[int] | Literal["all", "two-thirds"] | None = None
     denoise_fraction: float = 0.5
     gen_batch_size: int = 256
-    backend: str = "fast"
+    backend: str = "auto"
     gen_dtype: str | None = "auto"
     extract_batch_size: int = 16
     folds: int = 5
@@ -161,6 +163,8 @@ def check_config(cfg: RunConfig, source: str = "run settings") -> None:
     for key in ("model", "backend", "device"):
         if not isinstance(getattr(cfg, key), str) or not getattr(cfg, key):
             raise bad(key, "a non-empty string")
+    if cfg.backend not in BACKENDS:
+        raise bad("backend", " or ".join(BACKENDS))
     for key in _OPTIONAL_STR:
         if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), str):
             raise bad(key, "a string")
@@ -254,9 +258,13 @@ def resolve_run(cfg: RunConfig, lm: LanguageModel, now: dict[str, Any],
     prov = dict(now)
     writes = not cfg.import_stories or cfg.n_neutral > 0
     cfg = dataclasses.replace(cfg, writer=cfg.writer_model())
+    if cfg.backend == "auto":
+        cfg = dataclasses.replace(cfg, backend=default_backend(cfg.device))
+        if writes:
+            notes.append(f"engine: {cfg.backend}")
     if writes and writer is not None and writer is not lm:
         notes.append(f"story writer: {cfg.writer} ({writer.name}); {cfg.model} reads")
-    if cfg.backend == "fast" and cfg.gen_dtype is not None:
+    if cfg.backend in ("fast", "vllm") and cfg.gen_dtype is not None:
         name, why = resolve_writer_dtype(writer or lm, cfg.gen_dtype)
         cfg = dataclasses.replace(cfg, gen_dtype=name)
         prov["writer_dtype_reason"] = why
@@ -340,13 +348,38 @@ def run_writer(cfg: RunConfig, lm: LanguageModel) -> LanguageModel:
     return load_model(cfg.writer_model(), device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
 
 
+BACKENDS = ("auto", "fast", "hf", "vllm")
+
+
+def default_backend(device: str) -> str:
+    """What `auto` means: vLLM on a GPU where it is installed; on a CPU emovec's own loop, which the benchmark
+    measured faster than vLLM's CPU engine on 2 cores (README "Which backend")."""
+    return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "fast"
+
+
 def make_backend(cfg: RunConfig, lm: LanguageModel) -> GenerationBackend:
-    """The corpus writer: `fast` (static cache, optional bf16 copy) or `hf` (plain transformers generate)."""
-    if cfg.backend == "hf":
+    """The corpus writer: `fast` (static cache, optional bf16 copy), `hf` (plain transformers generate) or
+    `vllm` (a vLLM engine in the writer dtype; shut it down with `close_engine` after the stage)."""
+    backend = default_backend(cfg.device) if cfg.backend == "auto" else cfg.backend
+    if backend == "hf":
         return HFBackend(lm, batch_size=cfg.gen_batch_size)
-    if cfg.backend == "fast":
+    if backend == "fast":
         return FastBackend(lm, batch_size=cfg.gen_batch_size, dtype=cfg.gen_dtype)
-    raise EmovecError(f"unknown generation backend {cfg.backend!r}: use fast or hf")
+    if backend == "vllm":
+        return VLLMBackend(VLLMEngine(lm, dtype=cfg.gen_dtype))
+    raise EmovecError(f"unknown generation backend {cfg.backend!r}: use {', '.join(BACKENDS)}")
+
+
+def make_pooler(cfg: RunConfig, lm: LanguageModel) -> VLLMPooler | None:
+    """Where extraction pools: in this process (None), or a vLLM engine in the model's own dtype with `vllm`."""
+    backend = default_backend(cfg.device) if cfg.backend == "auto" else cfg.backend
+    return VLLMPooler(VLLMEngine(lm)) if backend == "vllm" else None
+
+
+def close_engine(worker: object) -> None:
+    """Shut down the engine behind a backend or pooler, if it has one (vLLM's run in processes of their own)."""
+    if isinstance(worker, (VLLMBackend, VLLMPooler)):
+        worker.close()
 
 
 def keep_layers(cfg: RunConfig, lm: LanguageModel) -> list[int]:

@@ -120,6 +120,10 @@ def run_options(f: _F) -> _F:
                      help="dtype of the story writer's copy of the model (default auto: bfloat16 where this CPU runs "
                           "it faster, else the model's own); extraction always uses --dtype"),
         click.option("--extract-batch-size", type=click.IntRange(min=1), default=None),
+        click.option("--backend", type=click.Choice(["auto", "fast", "hf", "vllm"]), default=None,
+                     help="engine that writes the corpora (and, for vllm, pools the activations): auto (default: vllm "
+                          "on a GPU where installed, else fast), fast (emovec's decode loop), hf (transformers "
+                          "generate), vllm (needs `make vllm`; README \"Which backend\")"),
     ]
     for opt in reversed(opts):
         f = opt(f)
