@@ -164,16 +164,21 @@ def _engine_env(cpu: bool) -> Iterator[None]:
 class VLLMEngine:
     """One vLLM engine on `lm`'s weights, started on first use and shut down by `close()` (or `with`).
 
-    `dtype`: the engine's compute dtype (None: the model's own). `kv_cache_gib` sizes the
+    `dtype`: the engine's compute dtype (None: the model's own); `engine_args` go to `vllm.LLM`
+    on top of emovec's settings (e.g. `tensor_parallel_size` on a GPU node). `kv_cache_gib` sizes the
     CPU KV cache (vLLM's own default is sized for a GPU box); `max_model_len` bounds prompt
-    plus completion. Prefix caching is off, so every prompt position runs through the
-    layers (the hooks must see them all, and steering must not reuse unsteered entries).
+    plus completion; `batch_tokens` is the most prompt tokens one engine step takes. Prefix
+    caching is off, so every prompt position runs through the layers (the hooks must see them
+    all, and steering must not reuse unsteered entries). Chunked prefill is off: vLLM 0.32's
+    CPU worker crashes ("CPU Generator does not use offset") when a request with its own seed
+    is prefilled in parts, and per-request seeds are what makes a chunk of stories reproducible.
     """
 
     lm: LanguageModel
     dtype: str | None = None
     max_model_len: int = 2048
     kv_cache_gib: float = 1.0
+    batch_tokens: int = 8192
     engine_args: dict[str, Any] = field(default_factory=dict)
     _llm: Any = field(default=None, init=False, repr=False)
 
@@ -189,11 +194,13 @@ class VLLMEngine:
         if self._llm is None:
             vllm = import_vllm()
             dtype = self.dtype or str(self.lm.dtype).removeprefix("torch.")
+            args = {"max_model_len": self.max_model_len, "enable_prefix_caching": False, "seed": 0,
+                    "enable_chunked_prefill": False, "max_num_batched_tokens": max(self.max_model_len, self.batch_tokens),
+                    "kv_cache_memory_bytes": int(self.kv_cache_gib * 2**30), "trust_remote_code": False,
+                    **self.engine_args}
+            folder = str(engine_folder(self.lm))
             with _engine_env(self.lm.device.type == "cpu"):
-                    self._llm = vllm.LLM(model=str(engine_folder(self.lm)), tokenizer=str(engine_folder(self.lm)), dtype=dtype,
-                                     max_model_len=self.max_model_len, enable_prefix_caching=False, seed=0,
-                                     kv_cache_memory_bytes=int(self.kv_cache_gib * 2**30), trust_remote_code=False,
-                                     **self.engine_args)
+                self._llm = vllm.LLM(model=folder, tokenizer=folder, dtype=dtype, **args)
         return self._llm
 
     def close(self) -> None:

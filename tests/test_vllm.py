@@ -156,6 +156,19 @@ def test_vllm_backend_writes_resumable_reproducible_corpora(lm, tmp_path):
 
 
 @needs_vllm
+def test_seeded_batch_larger_than_one_engine_step(lm, engine):
+    """More prompt tokens than one step takes, each request with its own seed: the case that crashed vLLM's CPU
+    worker while chunked prefill was on; the completions must not depend on which requests share a step."""
+    from emovec.generation import Sampling
+
+    long = [lm.chat(f"Story {i}: " + "the harbour at dawn, the boats, the gulls and the nets; " * 30) for i in range(24)]
+    assert sum(len(lm.tokenizer(p).input_ids) for p in long) > engine.batch_tokens
+    sampling = Sampling(max_new_tokens=6, temperature=0.9)
+    every = engine.generate(long, sampling, seed=3)
+    assert engine.generate(long[5:7], sampling, seed=8) == every[5:7]
+
+
+@needs_vllm
 def test_engine_errors_are_one_line(lm, engine):
     from emovec.generation import Sampling
 
