@@ -24,7 +24,7 @@ from ..corpus import _chunked_run, names_emotion, prompts, topics
 from ..generation import GenerationBackend, Sampling
 from ..models import LanguageModel
 from ..provenance import check_settings, locked
-from ..rundir import VECTORS_FILE, make_backend, open_run, run_model, run_writer
+from ..rundir import VECTORS_FILE, close_engine, make_backend, open_run, run_model, run_writer
 from ..storage import EmovecError, read_jsonl, write_json
 from ..vectors import EmotionVectors
 
@@ -246,7 +246,11 @@ def run_speaker_probes(run_dir: str | Path, per_pair: int = 2, emotions: str | S
     check_settings(run_dir, {"model": cfg.model, "writer": cfg.writer_model(), "seed": cfg.seed,
                              "writer_dtype": cfg.gen_dtype, "gen_batch_size": cfg.gen_batch_size}, {"writer": cfg.model},
                    lm=lm, settings_file=SPEAKERS_SETTINGS_FILE, samples_file=SPEAKERS_FILE)
-    rows = speaker_dialogues(writer, make_backend(cfg, writer), run_dir, names, per_pair, seed=cfg.seed)
+    backend = make_backend(cfg, writer)
+    try:
+        rows = speaker_dialogues(writer, backend, run_dir, names, per_pair, seed=cfg.seed)
+    finally:
+        close_engine(backend)
     result = speaker_probes(lm, rows, vecs.default_layer, names, stories_vectors=vecs)
     write_json(Path(run_dir) / "analyses" / "speakers.json", result)
     return result, rows
