@@ -203,8 +203,9 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool =
         check_config(saved, f"{path}")
         if config is None:
             return saved
-        if config.gen_dtype == "auto" and saved.gen_dtype != "auto":  # "auto" means: what this run decided
-            config = dataclasses.replace(config, gen_dtype=saved.gen_dtype)
+        for key in ("gen_dtype", "backend"):  # "auto" means: what this run decided
+            if getattr(config, key) == "auto" and getattr(saved, key) != "auto":
+                config = dataclasses.replace(config, **{key: getattr(saved, key)})
         for key in _IDENTITY:
             a, b = _identity_value(saved, key), _identity_value(config, key)
             if a != b:

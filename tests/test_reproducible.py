@@ -85,10 +85,12 @@ def test_a_resume_with_another_batch_size_or_dtype_is_refused(lm, tmp_path):
     settings = _import_settings(tmp_path)
     cfg, _ = prepare(run_dir, make_config(**settings), lm)
     other = "float32" if cfg.gen_dtype == "bfloat16" else "bfloat16"
-    for change in ({"extract_batch_size": 3}, {"gen_batch_size": 7}, {"gen_dtype": other}):
+    assert cfg.backend == "fast"  # "auto" on a CPU, decided once and recorded
+    for change in ({"extract_batch_size": 3}, {"gen_batch_size": 7}, {"gen_dtype": other}, {"backend": "hf"}):
         with pytest.raises(EmovecError, match=f"{next(iter(change))}="):
             open_run(run_dir, make_config(**settings, **change), write=False)
-    assert open_run(run_dir, make_config(**settings, gen_dtype="auto"), write=False).gen_dtype == cfg.gen_dtype
+    resumed = open_run(run_dir, make_config(**settings, gen_dtype="auto", backend="auto"), write=False)
+    assert (resumed.gen_dtype, resumed.backend) == (cfg.gen_dtype, "fast")
 
 
 def test_the_dtype_probe_is_measured_once_per_machine(tmp_path, monkeypatch):

@@ -12,10 +12,9 @@ import json
 
 import pytest
 import torch
+from conftest import SMALL_EMOTIONS
 
 from emovec.storage import EmovecError
-
-from conftest import SMALL_EMOTIONS
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None and importlib.util.find_spec("vllm_lens") is not None
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed here: `make vllm`, then run this file "
@@ -134,10 +133,13 @@ def test_steering_through_vllm_does_what_the_hook_path_does(lm, engine, small_ve
 
 
 @needs_vllm
-def test_vllm_backend_writes_resumable_reproducible_corpora(lm, tmp_path):
+def test_vllm_backend_writes_resumable_reproducible_corpora(lm, engine, tmp_path):
+    from emovec import EmotionVectors
+    from emovec.activations import extract_corpus
     from emovec.pipeline import stage_stories
     from emovec.rundir import make_config, open_run
     from emovec.storage import read_jsonl
+    from emovec.vllm_engine import VLLMPooler
 
     cfg = make_config(emotions=["happy", "sad"], per_emotion=2, n_neutral=2, max_new_tokens=48, backend="vllm",
                       gen_dtype="float32")
@@ -153,6 +155,18 @@ def test_vllm_backend_writes_resumable_reproducible_corpora(lm, tmp_path):
     before = (runs[0] / "stories.jsonl").read_bytes()
     stage_stories(runs[0], cfg, lm, progress=False)  # resume: everything is there, nothing is written again
     assert (runs[0] / "stories.jsonl").read_bytes() == before
+    # the vLLM-written corpus (every row: the filter does not matter here) read back through the engine and
+    # through transformers: the same vectors
+    stories, neutral = read_jsonl(runs[0] / "stories.jsonl"), read_jsonl(runs[0] / "neutral.jsonl")
+    built = []
+    for name, pooler in (("engine", VLLMPooler(engine)), ("transformers", None)):
+        acts = extract_corpus(lm, stories, tmp_path / name, "stories", start=20, progress=False, pooler=pooler)
+        neu = extract_corpus(lm, neutral, tmp_path / name, "neutral", start=20, progress=False, pooler=pooler)
+        present = sorted({r["emotion"] for r in stories})
+        built.append(EmotionVectors.from_activations(acts, neu, present, 0.5, model=lm))
+    for layer in built[0].layers:
+        cos = torch.nn.functional.cosine_similarity(built[0].matrix(layer), built[1].matrix(layer), dim=-1)
+        assert cos.min() >= 0.999, (layer, cos)
 
 
 @needs_vllm
