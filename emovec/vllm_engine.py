@@ -71,7 +71,8 @@ def engine_folder(lm: LanguageModel) -> Path:
     aliases: dict[str, str] = {}
     for f in files:
         with safe_open(str(f), "pt") as st:
-            aliases.update({a: k for a, k in (st.metadata() or {}).items() if k in set(st.keys())})
+            names = set(st.keys())
+            aliases.update({a: k for a, k in (st.metadata() or {}).items() if k in names})
     if not aliases:
         return src
     out = user_cache_dir() / "vllm" / src.name
