@@ -128,12 +128,14 @@ def _score_hook(center: torch.Tensor, units: torch.Tensor, cosine: bool, ctx: An
     return None
 
 
-def _hook_results(out: Any) -> dict[str, Any]:
-    """The first hook's saved values of one request (vllm-lens swallows hook errors, so absence is an error)."""
+def _hook_results(out: Any, key: str | None = None) -> Any:
+    """The first hook's saved values of one request, or the one under `key` (vllm-lens swallows hook errors and
+    logs them, so an absent result is an error here)."""
     found = (getattr(out, "hook_results", None) or {}).get("0")
-    if not isinstance(found, dict):
-        raise EmovecError("the vLLM engine returned no hook results: is the vllm-lens plugin installed and loaded?")
-    return found
+    if not isinstance(found, dict) or (key is not None and key not in found):
+        raise EmovecError("the vLLM engine returned no hook results: is the vllm-lens plugin installed and loaded? "
+                          "(a failing hook is logged by the engine)")
+    return found if key is None else found[key]
 
 
 @contextmanager
@@ -277,7 +279,7 @@ class VLLMEngine:
                 extra_args=extra or None))
         outs = self.llm.generate(self._prompts(prompts, None, special=False, room=sampling.max_new_tokens), params,
                                  use_tqdm=False)
-        return [(o.outputs[0].text.strip(), _hook_results(o)["scores"] if read is not None else None) for o in outs]
+        return [(o.outputs[0].text.strip(), _hook_results(o, "scores") if read is not None else None) for o in outs]
 
     def _score_fn(self, vectors: EmotionVectors, layer: int | None, emotions: list[str] | str | None,
                   method: str) -> tuple[Any, int]:
@@ -299,14 +301,16 @@ class VLLMEngine:
         acts = torch.stack([vec.deltas[lay].to(torch.float32).cpu() for lay in layers])
         return LensVector(activations=acts, layer_indices=layers, scale=1.0)
 
-    def _run_hook(self, texts: Sequence[str], fn: Any, layers: list[int], max_tokens: int) -> list[dict[str, Any]]:
-        """Prefill each text once with `fn` hooked on `layers` (one sampled token, discarded); the hooks' results."""
+    def _run_hook(self, texts: Sequence[str], fn: Any, layers: list[int], max_tokens: int,
+                  key: str | None = None) -> list[Any]:
+        """Prefill each text once with `fn` hooked on `layers` (one sampled token, discarded); each text's hook
+        results (or the one under `key`)."""
         from vllm import SamplingParams
         from vllm_lens import Hook
 
         params = SamplingParams(max_tokens=1, temperature=0.0, extra_args={"apply_hooks": [Hook(fn=fn, layer_indices=layers)]})
         outs = self.llm.generate(self._prompts(texts, max_tokens, special=True, room=1), params, use_tqdm=False)
-        return [_hook_results(o) for o in outs]
+        return [_hook_results(o, key) for o in outs]
 
     def pool(self, texts: Sequence[str], layers: Sequence[int], start: int = DEFAULT_START,
              max_tokens: int = 512) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -336,7 +340,7 @@ class VLLMEngine:
                      emotions: list[str] | str | None = None, method: str = "projection") -> list[torch.Tensor]:
         """Per-token scores of each text ([n_tokens, n_emotions], `emovec.readout` definition), projected in the engine."""
         fn, layer = self._score_fn(vectors, layer, emotions, method)
-        return [r["scores"] for r in self._run_hook(texts, fn, [layer], max_tokens=self.max_model_len - 1)]
+        return self._run_hook(texts, fn, [layer], max_tokens=self.max_model_len - 1, key="scores")
 
 
 @dataclass
