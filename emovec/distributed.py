@@ -136,6 +136,9 @@ class RayPool:
     """
 
     def __init__(self, cfg: RunConfig, options: RayOptions | None = None, allow_drift: bool = False) -> None:
+        if cfg.backend == "vllm":
+            raise EmovecError("--ray with --backend vllm is not supported: each actor would start its own vLLM engine, "
+                              "which was not tested; run vLLM without --ray (it batches across requests itself)")
         self.ray = import_ray()
         self.options = opts = options or RayOptions()
         if opts.cpus_per_worker < 1 or (opts.workers is not None and opts.workers < 1):

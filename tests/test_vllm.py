@@ -35,6 +35,14 @@ def test_missing_vllm_is_one_line_before_anything_is_written(tmp_path):
     assert not (tmp_path / "r" / "stories.jsonl").exists()
 
 
+def test_ray_with_the_vllm_backend_is_refused_in_one_line():
+    from emovec.distributed import RayPool
+    from emovec.rundir import make_config
+
+    with pytest.raises(EmovecError, match="--ray with --backend vllm is not supported"):
+        RayPool(make_config(emotions=["happy"], backend="vllm"))
+
+
 @pytest.fixture(scope="module")
 def engine(lm):
     from emovec.vllm_engine import VLLMEngine
