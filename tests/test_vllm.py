@@ -105,6 +105,14 @@ def test_token_readout_in_the_engine_matches_score_text(lm, engine, small_vector
     got = engine.token_scores([text], small_vectors)[0]
     assert got.shape == ref.shape
     assert (got - ref).abs().max() < 1e-3 * ref.abs().max()
+    # while generating: the prompt's rows equal the transformers readout, then one row per generated token read
+    from emovec.generation import Sampling
+
+    prompt = lm.chat("Describe your morning.")
+    ((_, live),) = engine.generate_with_readout([prompt], Sampling(max_new_tokens=5, temperature=0.0), 0, small_vectors)
+    ref = torch.tensor(score_text(lm, small_vectors, prompt).drop(columns="token").to_numpy(), dtype=torch.float32)
+    assert ref.shape[0] < live.shape[0] <= ref.shape[0] + 4
+    assert (live[:ref.shape[0]] - ref).abs().max() < 1e-3 * ref.abs().max()
 
 
 @needs_vllm
