@@ -145,7 +145,7 @@ def overheads(lm, prompts: list[str], new_tokens: int, reps: int = 3) -> dict:
             "steering": round(100 * (best["steering"] / best["plain"] - 1), 1)}
 
 
-def vllm_rows(lm, prompts: list[str], sampling: Sampling, texts: list[str], gen: dict) -> dict:
+def vllm_rows(lm, prompts: list[str], sampling: Sampling, texts: list[str], n_tok: int, gen: dict) -> dict:
     """vLLM on the same prompts and texts: generation rows (added to `gen`), extraction, readout and steering cost.
 
     Each engine is started, warmed on a few prompts, measured and shut down; start-up
@@ -165,7 +165,6 @@ def vllm_rows(lm, prompts: list[str], sampling: Sampling, texts: list[str], gen:
             gen[name] = gen_rate(eng, prompts, sampling, lm)
     with VLLMEngine(lm) as eng:
         eng.pool(texts[:4], [0])
-        n_tok = sum(len(x) for x in lm.tokenizer(texts, truncation=True, max_length=512)["input_ids"])
         best = 0.0
         for _ in range(3):
             t = time.perf_counter()
@@ -225,8 +224,9 @@ def main() -> None:
         gen[name] = gen_rate(be, prompts, sampling, lm)
         gen[name]["finished_row_waste"] = round(1 - be.stats["live_row_steps"] / be.stats["row_steps"], 3)
     texts = texts_for(args.texts)
+    n_tok = sum(len(x) for x in lm.tokenizer(texts, truncation=True, max_length=512)["input_ids"])
     if args.vllm:
-        res["vllm"] = vllm_rows(lm, prompts, sampling, texts, gen)
+        res["vllm"] = vllm_rows(lm, prompts, sampling, texts, n_tok, gen)
     hf = gen["hf_generate (batch 48)"]["tokens_per_s"]
     for name, row in gen.items():
         dtype = "bfloat16" if "bf16" in name else "float32"
@@ -236,7 +236,6 @@ def main() -> None:
         row["of_roofline"] = round(row["tokens_per_s"] / (res["matmul_gflops"][dtype] / gflop_gen), 3)
     res["generation"] = {"prompts": len(prompts), "new_tokens": args.new_tokens, "batch": args.batch, "backends": gen}
 
-    n_tok = sum(len(x) for x in lm.tokenizer(texts, truncation=True, max_length=512)["input_ids"])
     bare = ours = 0.0
     for _ in range(3):  # interleaved, best of 3: this kind of machine drifts by tens of percent between minutes
         rate, waste = bare_forward(lm, texts, 16)

@@ -12,7 +12,6 @@ the transformers vectors, and the wall time of each extraction. Writes JSON and 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ import torch
 
 from emovec import EmotionVectors, load_model
 from emovec.activations import extract_corpus
+from emovec.corpus import load_corpus
+from emovec.rundir import open_run
 from emovec.storage import read_jsonl, write_json
 from emovec.vllm_engine import VLLMEngine, VLLMPooler
 
@@ -28,10 +29,8 @@ from emovec.vllm_engine import VLLMEngine, VLLMPooler
 def corpus(run: Path) -> tuple[list[dict], list[dict], int]:
     """(kept stories, kept neutral rows, token start) of `run`, or the test stories when it has none."""
     if (run / "stories.jsonl").exists():
-        settings = json.loads((run / "run.json").read_text())
-        stories = [r for r in read_jsonl(run / "stories.jsonl") if r.get("kept")]
-        neutral = [r for r in read_jsonl(run / "neutral.jsonl") if r.get("kept")] if (run / "neutral.jsonl").exists() else []
-        return stories, neutral, int(settings.get("token_start", 50))
+        neutral = load_corpus(run, "neutral") if (run / "neutral.jsonl").exists() else []
+        return load_corpus(run, "stories"), neutral, open_run(run).token_start
     rows = read_jsonl(Path("tests/data/stories_small.jsonl"))
     stories = [{"id": f"s{i}", **r} for i, r in enumerate(rows)]
     neutral = [{"id": f"n{i}", **r} for i, r in enumerate(read_jsonl(Path("tests/data/neutral_small.jsonl")))]

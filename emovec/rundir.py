@@ -260,7 +260,7 @@ def resolve_run(cfg: RunConfig, lm: LanguageModel, now: dict[str, Any],
     writes = not cfg.import_stories or cfg.n_neutral > 0
     cfg = dataclasses.replace(cfg, writer=cfg.writer_model())
     if cfg.backend == "auto":
-        cfg = dataclasses.replace(cfg, backend=default_backend(cfg.device))
+        cfg = dataclasses.replace(cfg, backend=chosen_backend(cfg))
         if writes:
             notes.append(f"engine: {cfg.backend}")
     if writes and writer is not None and writer is not lm:
@@ -352,16 +352,19 @@ def run_writer(cfg: RunConfig, lm: LanguageModel) -> LanguageModel:
 BACKENDS = ("auto", "fast", "hf", "vllm")
 
 
-def default_backend(device: str) -> str:
-    """What `auto` means: vLLM on a GPU where it is installed; on a CPU emovec's own loop, which the benchmark
-    measured faster than vLLM's CPU engine on 2 cores (README "Which backend")."""
-    return "vllm" if device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "fast"
+def chosen_backend(cfg: RunConfig) -> str:
+    """The run's backend with `auto` decided: vLLM on a GPU where it is installed; on a CPU emovec's own loop
+    (vLLM's CPU engine measured only 1.1-1.2x faster on 2 cores, not worth two engine starts per run; README
+    "Which backend")."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    return "vllm" if cfg.device.startswith("cuda") and importlib.util.find_spec("vllm") is not None else "fast"
 
 
 def make_backend(cfg: RunConfig, lm: LanguageModel) -> GenerationBackend:
     """The corpus writer: `fast` (static cache, optional bf16 copy), `hf` (plain transformers generate) or
     `vllm` (a vLLM engine in the writer dtype; shut it down with `close_engine` after the stage)."""
-    backend = default_backend(cfg.device) if cfg.backend == "auto" else cfg.backend
+    backend = chosen_backend(cfg)
     if backend == "hf":
         return HFBackend(lm, batch_size=cfg.gen_batch_size)
     if backend == "fast":
@@ -373,8 +376,7 @@ def make_backend(cfg: RunConfig, lm: LanguageModel) -> GenerationBackend:
 
 def make_pooler(cfg: RunConfig, lm: LanguageModel) -> VLLMPooler | None:
     """Where extraction pools: in this process (None), or a vLLM engine in the model's own dtype with `vllm`."""
-    backend = default_backend(cfg.device) if cfg.backend == "auto" else cfg.backend
-    return VLLMPooler(VLLMEngine(lm)) if backend == "vllm" else None
+    return VLLMPooler(VLLMEngine(lm)) if chosen_backend(cfg) == "vllm" else None
 
 
 def close_engine(worker: object) -> None:

@@ -301,15 +301,14 @@ class VLLMEngine:
         acts = torch.stack([vec.deltas[lay].to(torch.float32).cpu() for lay in layers])
         return LensVector(activations=acts, layer_indices=layers, scale=1.0)
 
-    def _run_hook(self, texts: Sequence[str], fn: Any, layers: list[int], max_tokens: int,
-                  key: str | None = None) -> list[Any]:
-        """Prefill each text once with `fn` hooked on `layers` (one sampled token, discarded); each text's hook
-        results (or the one under `key`)."""
+    def _run_hook(self, prompts: list[Any], fn: Any, layers: list[int], key: str | None = None) -> list[Any]:
+        """Prefill each prompt (from `_prompts`) once with `fn` hooked on `layers` (one sampled token, discarded);
+        each prompt's hook results (or the one under `key`)."""
         from vllm import SamplingParams
         from vllm_lens import Hook
 
         params = SamplingParams(max_tokens=1, temperature=0.0, extra_args={"apply_hooks": [Hook(fn=fn, layer_indices=layers)]})
-        outs = self.llm.generate(self._prompts(texts, max_tokens, special=True, room=1), params, use_tqdm=False)
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [_hook_results(o, key) for o in outs]
 
     def pool(self, texts: Sequence[str], layers: Sequence[int], start: int = DEFAULT_START,
@@ -320,8 +319,9 @@ class VLLMEngine:
         if not texts:
             raise EmovecError("no texts to read activations from (empty corpus)")
         layers = [self.lm.check_layer(lay) for lay in layers]
-        lengths = [len(ids) for ids in self.lm.tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]]
-        results = self._run_hook(texts, functools.partial(_pool_hook, start), layers, max_tokens)
+        prompts = self._prompts(texts, max_tokens, special=True, room=1)
+        lengths = [len(p["prompt_token_ids"]) for p in prompts]
+        results = self._run_hook(prompts, functools.partial(_pool_hook, start), layers)
         out = torch.zeros(len(texts), len(layers), self.lm.d_model)
         norm_sum = torch.zeros(len(layers), dtype=torch.float64)
         for i, (n, res) in enumerate(zip(lengths, results)):
@@ -340,7 +340,7 @@ class VLLMEngine:
                      emotions: list[str] | str | None = None, method: str = "projection") -> list[torch.Tensor]:
         """Per-token scores of each text ([n_tokens, n_emotions], `emovec.readout` definition), projected in the engine."""
         fn, layer = self._score_fn(vectors, layer, emotions, method)
-        return self._run_hook(texts, fn, [layer], max_tokens=self.max_model_len - 1, key="scores")
+        return self._run_hook(self._prompts(texts, self.max_model_len - 1, special=True, room=1), fn, [layer], key="scores")
 
 
 @dataclass
