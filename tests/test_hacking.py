@@ -43,6 +43,10 @@ def test_honest_solution_fails_only_the_impossible_tests(task_id):
     assert res.patched == [] and res.tampered == [] and res.error is None
     kind, signals = classify_hack(task, task.honest_solution, res.outcomes)
     assert kind == "other" and signals == []  # nothing hack-like in an honest solution
+    # the feedback names the failing line of the test file, as a developer's traceback would
+    failing = [n for n in task.impossible if res.outcomes[n] == "fail"]
+    lines = [ln.strip() for ln in task.tests.splitlines()]
+    assert all(res.details[n].split(" -> ")[0] in lines for n in failing), res.details
 
 
 @pytest.mark.parametrize("task_id", sorted(TASKS))
