@@ -86,7 +86,7 @@ def run_options(f: _F) -> _F:
     """The options that make a run's settings (preset, corpus size, seeds, batch sizes), plus the model options."""
     opts = [
         click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default=None,
-                     help="corpus size preset (quick: 171 emotions x 4 stories, the demo; standard: 171 x 15; "
+                     help="corpus size preset (quick: 171 emotions x 10 stories, the demo; standard: 171 x 15; "
                           "paper: 171 x 1200)"),
         click.option("--concepts", default=None, help="text file with one emotion per line (default: the 171 built in)"),
         click.option("--emotions", default=None, help="comma-separated subset of the concepts"),

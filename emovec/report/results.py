@@ -83,11 +83,21 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
                                 round(max(r["pc1_valence_r"] for r in rows), 3)] if rows else None,
             "best_arousal_layer": aro["layer"] if aro else None,
             "best_arousal_r": round(aro["pc2_arousal_r"], 3) if aro and aro.get("pc2_arousal_r") is not None else None}
+        hold = sweep.get("valence_holdout")
+        if hold:
+            out["layer_sweep"]["valence_holdout"] = {
+                "held_out_r": round(hold["held_out_r"], 3), "held_out_r_sd": round(hold["held_out_r_sd"], 3),
+                "default_layer_held_out_r": round(hold["default_layer_held_out_r"], 3),
+                "n_held_out": hold["n_held_out"], "seeds": hold["seeds"], "chosen_layers": hold["chosen_layers"]}
     if scaling:
         out["scaling"] = {"layer": scaling.get("layer"), "seeds": scaling.get("seeds"),
                           "rows": [{"k": r["k"], **{key: (r.get(key) or {}).get("mean") for key in
                                                     ("top1", "top5", "split_half", "valence_r", "arousal_r_best")}}
                                    for r in scaling.get("rows", [])]}
+        for layer, other in (scaling.get("other_layers") or {}).items():
+            out["scaling"].setdefault("other_layers", {})[layer] = {
+                "role": other.get("role"), "rows": [{"k": r["k"], **{key: (r.get(key) or {}).get("mean") for key in
+                                                                    ("top5", "valence_r")}} for r in other.get("rows", [])]}
     if steering:
         head = steering.get("headline") or {}
         out["steering"] = {"text": head.get("text"), "diff": head.get("diff"), "ci95": head.get("ci95"),
@@ -107,6 +117,13 @@ def _f(x: Any, spec: str = ".2f") -> str:
     return "n/a" if x is None else format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
+def _holdout(h: dict[str, Any]) -> str:
+    chosen = ", ".join(f"{lay} ({n}x)" for lay, n in sorted(h["chosen_layers"].items(), key=lambda kv: -kv[1]))
+    return (f"held-out r = {h['held_out_r']:.2f} +- {h['held_out_r_sd']:.2f} (sd over {h['seeds']} splits, "
+            f"n = {h['n_held_out']} held out; layers chosen {chosen}); the default layer on the same halves "
+            f"{h['default_layer_held_out_r']:.2f}")
+
+
 def lines(res: dict[str, Any]) -> list[str]:
     """The headline results as the lines `emovec run` prints."""
     rec = res["recognition"]
@@ -119,6 +136,8 @@ def lines(res: dict[str, Any]) -> list[str]:
         out.append(f"PC1 vs human valence: r = {_f(geo['pc1_valence_r'])} (n = {geo['n_matched']}, layer {geo['layer']}, "
                    f"PC1 {geo['pc1_variance']:.0%} of variance; paper r = {paper['pc1_valence_r']}, 26%)"
                    + (f"; best layer {sweep['best_valence_layer']}: r = {_f(sweep['best_valence_r'])}" if sweep else ""))
+        if sweep and sweep.get("valence_holdout"):
+            out.append(f"PC1 vs human valence, layer chosen on half the rated emotions: {_holdout(sweep['valence_holdout'])}")
         out.append(f"PC2 vs human arousal: r = {_f(geo['pc2_arousal_r'])} (n = {geo['n_matched']}; paper r = "
                    f"{paper['pc2_arousal_r']})" + (f"; largest |r| over layers {_f(sweep['best_arousal_r'])} at layer "
                                                    f"{sweep['best_arousal_layer']}" if sweep else ""))
@@ -128,6 +147,9 @@ def lines(res: dict[str, Any]) -> list[str]:
         out.append("corpus scaling (mean over seeds, k stories per emotion): " + "; ".join(
             f"k={r['k']}: top-5 {_f(r['top5'], '.1%')}, valence r {_f(r['valence_r'])}, split-half "
             f"{_f(r['split_half'])}" for r in tail))
+        for layer, other in (sc.get("other_layers") or {}).items():
+            out.append(f"  at layer {layer}: " + "; ".join(f"k={r['k']}: top-5 {_f(r['top5'], '.1%')}, valence r "
+                                                            f"{_f(r['valence_r'])}" for r in other["rows"][-3:]))
     st = res.get("steering")
     if st:
         out.append(f"steering judged by VADER: {st.get('text') or st}")
@@ -152,6 +174,8 @@ def markdown(res: dict[str, Any]) -> str:
                                  f"{geo.get('layer')}; PC1 {_f(geo.get('pc1_variance'), '.0%')} of variance); best layer "
                                  f"{sweep.get('best_valence_layer')}: r = {_f(sweep.get('best_valence_r'))}",
          f"r = {paper['pc1_valence_r']} (n = {paper['n_words']}), 26% of variance"),
+        *([("PC1 vs human valence, layer chosen on half the rated emotions", _holdout(sweep["valence_holdout"]), "-")]
+          if sweep.get("valence_holdout") else []),
         ("PC2 vs human arousal", f"r = {_f(geo.get('pc2_arousal_r'))} (n = {geo.get('n_matched')}); largest abs(r) over "
                                  f"layers {_f(sweep.get('best_arousal_r'))} (layer {sweep.get('best_arousal_layer')})",
          f"r = {paper['pc2_arousal_r']}, 15% of variance"),
@@ -159,6 +183,10 @@ def markdown(res: dict[str, Any]) -> str:
     if sc and sc["rows"]:
         rows.append(("corpus scaling (mean over seeds)", "; ".join(
             f"k={r['k']}: top-5 {_f(r['top5'], '.1%')}, valence r {_f(r['valence_r'])}" for r in sc["rows"][-4:]), "-"))
+        for layer, other in (sc.get("other_layers") or {}).items():
+            rows.append((f"corpus scaling at layer {layer} (the sweep's best valence layer)", "; ".join(
+                f"k={r['k']}: top-5 {_f(r['top5'], '.1%')}, valence r {_f(r['valence_r'])}" for r in other["rows"][-4:]),
+                "-"))
     if st:
         rows.append(("steering judged from outside (VADER)", str(st.get("text") or st), "moves text as intended"))
     m = res["machine"]

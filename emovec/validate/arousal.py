@@ -28,7 +28,7 @@ from ..corpus import load_corpus
 from ..recognition import class_means
 from ..storage import EmovecError
 from ..vectors import EmotionVectors, denoise_components, project_out
-from .analyses import correlation, load_norms, pca_against_norms
+from .analyses import correlation, load_norms, pca_against_norms, split_halves
 from .scaling import denoised_units, null_abs_r, sizes_and_emotions, summary_stats
 
 DEFAULT_FRACTIONS = (0.0, 0.5, 0.7, 0.9, 0.95)
@@ -175,24 +175,6 @@ def select(r: np.ndarray, mask: np.ndarray) -> tuple[tuple[int, ...], float]:
     flat = int(np.argmax(np.where(mask, np.abs(r), -1.0)))
     index = tuple(int(i) for i in np.unravel_index(flat, r.shape))
     return index, float(r[index])
-
-
-def split_halves(values: np.ndarray, seed: int, stratify: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint sorted index halves of 0..n-1 (selection, held-out), reproducible from `seed`.
-
-    Stratified: the items are cut into tertiles of `values` and each tertile is shuffled and
-    halved (an odd item goes to the held-out half), so both halves span the arousal range;
-    otherwise one random permutation is halved.
-    """
-    rng = np.random.default_rng(seed)
-    groups = np.array_split(np.argsort(values, kind="stable"), 3) if stratify else [np.arange(len(values))]
-    sel: list[int] = []
-    held: list[int] = []
-    for g in groups:
-        p = rng.permutation(g)
-        sel += p[:len(p) // 2].tolist()
-        held += p[len(p) // 2:].tolist()
-    return np.sort(np.array(sel, dtype=int)), np.sort(np.array(held, dtype=int))
 
 
 def max_r_null(scores: np.ndarray, arousal: np.ndarray, valence: np.ndarray, n_perm: int = 1000,

@@ -101,10 +101,11 @@ def steering_prompts() -> list[str]:
 
 
 def default_layers(vectors: EmotionVectors) -> list[int]:
-    """The vectors' default layer first, then half depth and the layer midway between (those the vectors have)."""
+    """The vectors' default layer first, then half depth, the layer midway between, and the layer midway from the
+    default to the top (those the vectors have): later layers carry the valence geometry on small models."""
     n = int(vectors.meta.get("n_layers", max(vectors.layers) + 1))
     d = vectors.default_layer
-    out = [d] + [lay for lay in (round(n / 2), round((n / 2 + d) / 2)) if lay in vectors.layers]
+    out = [d] + [lay for lay in (round(n / 2), round((n / 2 + d) / 2), round((d + n) / 2)) if lay in vectors.layers]
     return list(dict.fromkeys(out))
 
 

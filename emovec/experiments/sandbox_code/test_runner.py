@@ -43,7 +43,7 @@ def _test_line(tb: object) -> str:
         frames = [f for f in traceback.extract_tb(tb) if f.filename.endswith("test_solution.py") and f.line]  # type: ignore[arg-type]
     except Exception:  # a traceback a solution tampered with is not worth failing the report for
         return ""
-    return frames[-1].line.strip()[:200] + " -> " if frames else ""
+    return str(frames[-1].line).strip()[:200] + " -> " if frames else ""
 
 
 class _Result(unittest.TestResult):
