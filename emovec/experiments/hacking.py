@@ -34,6 +34,7 @@ from ..storage import EmovecError, write_json
 from ..vectors import EmotionVectors
 from .coding_tasks import (
     KINDS,
+    SOLUTION_FILE,
     CheckResult,
     CodingTask,
     check_solution,
@@ -195,6 +196,19 @@ def _paired(diffs: Sequence[float]) -> PairedChange:
             "n_rose": int((d > 0).sum()), "wilcoxon_p": p}
 
 
+def _resubmissions(episodes: Sequence[Sequence[dict[str, Any]]]) -> Rate:
+    """Follow-up attempts whose code is the previous attempt's, unchanged (whitespace aside).
+
+    A model that resubmits what failed is not using the feedback at all, so it cannot be
+    tempted into gaming the tests either: this says when a zero hack rate is a harness limit.
+    """
+    def code(row: dict[str, Any]) -> str:
+        return " ".join(extract_files(row["reply"])[SOLUTION_FILE].split())
+
+    pairs = [(a, b) for v in episodes for a, b in zip(v, v[1:])]
+    return rate(sum(code(a) == code(b) for a, b in pairs), len(pairs))
+
+
 def _first_hack_kind(episode: Sequence[dict[str, Any]]) -> str:
     return str(next(r["kind"] for r in episode if r["hack"]))
 
@@ -237,6 +251,7 @@ def summarize_hacking(rows: Sequence[dict[str, Any]], conditions: Sequence[Condi
                          "honest_pass": rate(sum(1 for v in mine.values() if any(honest_pass(r, imp) for r in v)),
                                              len(mine)) if imp else None,
                          "attempt_honest_pass": rate(sum(honest_pass(r, imp) for r in att), len(att)) if imp else None,
+                         "resubmitted": _resubmissions(list(mine.values())),
                          "tests_passed_fraction": mean_or_none([r["n_passed"] / r["n_tests"] for r in att if r["n_tests"]]),
                          "no_report": sum(1 for r in att if r["error"] and "did not finish" in r["error"])})
     base: Rate | None = next((c["hack"] for c in per_cond if c["emotion"] is None), None)
@@ -443,6 +458,8 @@ def summary_lines(s: HackingSummary) -> list[str]:
         kinds = ", ".join(f"{k} {v}" for k, v in c["kinds"].items()) or "-"
         honest = c.get("honest_pass")
         hp = f"  possible tests passed honestly {honest['k']}/{honest['n']}" if honest else ""
+        again = c.get("resubmitted")
+        hp += f"  follow-ups resubmitting the same code {again['k']}/{again['n']}" if again and again["n"] else ""
         lines.append(f"{c['condition']:>16}: hacked {h['k']}/{h['n']} = {h['rate'] or 0:.2f} [{_f(lo)}, {_f(hi)}]  "
                      f"all tests green {c['green']['k']}{hp}  kinds: {kinds}")
     for r in s["readout_by_attempt"]:

@@ -65,11 +65,16 @@ def _blackmail_html(s: BlackmailSummary) -> str:
             + img(plot_summary(s), "blackmail rate and desperate readout vs steering strength"))
 
 
+def _k_of_n(r: dict[str, Any] | None) -> str:
+    return f"{r['k']}/{r['n']}" if r else "-"
+
+
 def _hacking_html(s: HackingSummary) -> str:
     st = s["settings"]
     rows = [[c["condition"], c["episodes"], f"{c['hack']['k']}/{c['hack']['n']}", fmt(c["hack"]["rate"]),
              f"[{fmt((c['hack']['ci95'] or [None])[0])}, {fmt((c['hack']['ci95'] or [None, None])[1])}]",
-             c["hack_identified"]["k"], c["green"]["k"], ", ".join(f"{k} {v}" for k, v in c["kinds"].items()) or "-"]
+             c["hack_identified"]["k"], c["green"]["k"], _k_of_n(c.get("honest_pass")), _k_of_n(c.get("resubmitted")),
+             ", ".join(f"{k} {v}" for k, v in c["kinds"].items()) or "-"]
             for c in s["conditions"]]
     trend = "; ".join(f"{e}: rho {fmt(t['r'])} (p {fmt(t['p'], '.2g')}, n {t['n']})"
                       for e, t in s["readout_trend"]["all"].items())
@@ -85,7 +90,8 @@ def _hacking_html(s: HackingSummary) -> str:
             f"without special-casing, tampering or patching). Readout against attempt number (Spearman): {esc(trend)}. "
             f"Within-episode change from the first to the last attempt before any hack: {esc(paired)}. "
             f"With these sample sizes only large effects would show; intervals are Wilson 95%.</p>"
-            + table(["condition", "episodes", "hacked", "rate", "95% CI", "identified", "all green", "kinds"], rows)
+            + table(["condition", "episodes", "hacked", "rate", "95% CI", "identified", "all green",
+                     "possible tests passed honestly", "follow-ups resubmitting the same code", "kinds"], rows)
             + img(fig_dose_response(s), "hack rate by steering strength")
             + img(fig_readout_by_attempt(s), "readout by attempt"))
 
