@@ -237,6 +237,15 @@ def _headline_html(vecs: EmotionVectors, rec: dict[str, Any] | None, res: dict[s
             rows.append([label, f"r = {paper} (n = {PAPER['n_words']})",
                          f"r = {fmt(c.get('pearson'))} (n = {n}, p = {fmt(c.get('pearson_p'), '.2g')}, layer {geo['layer']})",
                          _verdict(c.get("pearson"), c.get("pearson_p"), paper)])
+    hold = (_ok(res.get("layer-sweep")) or {}).get("valence_holdout")
+    if hold:
+        r_h, n_h = hold["held_out_r"], hold["n_held_out"]
+        p_h = hold.get("held_out_p")
+        chosen = ", ".join(str(lay) for lay in sorted(hold["chosen_layers"], key=lambda k: -hold["chosen_layers"][k]))
+        rows.append(["PC1 vs human valence, layer chosen on half of the rated emotions", f"r = {PAPER['pc1_valence_r']}",
+                     f"held-out r = {r_h:.2f} +- {hold['held_out_r_sd']:.2f} over {hold['seeds']} splits (n = {n_h} "
+                     f"held out, p = {fmt(p_h, '.2g')}; layers chosen {chosen}; default layer on the same halves "
+                     f"{hold['default_layer_held_out_r']:.2f})", _verdict(r_h, p_h, PAPER["pc1_valence_r"])])
     if rec:
         at = {r["layer"]: r for r in rec["layers"]}.get(vecs.default_layer)
         if at:
@@ -250,6 +259,12 @@ def _headline_html(vecs: EmotionVectors, rec: dict[str, Any] | None, res: dict[s
                      f"top-5 {_ms(a['top5'], '.1%')} -> {_ms(b['top5'], '.1%')}; valence r {fmt(a['valence_r']['mean'])} -> "
                      f"{fmt(b['valence_r']['mean'])}; best arousal |r| {fmt(b['arousal_r_best']['mean'])} "
                      f"({sc['seeds']} seeds)", "growing" if (b["top5"]["mean"] or 0) > (a["top5"]["mean"] or 0) else "flat"])
+        for layer, other in (sc.get("other_layers") or {}).items():
+            a, b = other["rows"][0], other["rows"][-1]
+            rows.append([f"corpus scaling at layer {layer} ({other['role']})", "",
+                         f"valence r {fmt(a['valence_r']['mean'])} -> {fmt(b['valence_r']['mean'])}; top-5 "
+                         f"{_ms(a['top5'], '.1%')} -> {_ms(b['top5'], '.1%')}",
+                         "growing" if (b["valence_r"]["mean"] or 0) > (a["valence_r"]["mean"] or 0) else "flat"])
     if st:
         h = st["headline"]
         rows.append(["steering judged from outside (happy vs sad)", "steering moves behaviour as intended", h["text"],

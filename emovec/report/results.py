@@ -87,6 +87,7 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
         if hold:
             out["layer_sweep"]["valence_holdout"] = {
                 "held_out_r": round(hold["held_out_r"], 3), "held_out_r_sd": round(hold["held_out_r_sd"], 3),
+                "held_out_p": hold.get("held_out_p"),
                 "default_layer_held_out_r": round(hold["default_layer_held_out_r"], 3),
                 "n_held_out": hold["n_held_out"], "seeds": hold["seeds"], "chosen_layers": hold["chosen_layers"]}
     if scaling:
@@ -120,7 +121,8 @@ def _f(x: Any, spec: str = ".2f") -> str:
 def _holdout(h: dict[str, Any]) -> str:
     chosen = ", ".join(f"{lay} ({n}x)" for lay, n in sorted(h["chosen_layers"].items(), key=lambda kv: -kv[1]))
     return (f"held-out r = {h['held_out_r']:.2f} +- {h['held_out_r_sd']:.2f} (sd over {h['seeds']} splits, "
-            f"n = {h['n_held_out']} held out; layers chosen {chosen}); the default layer on the same halves "
+            f"n = {h['n_held_out']} held out, p = {_f(h.get('held_out_p'), '.2g')}; layers chosen {chosen}); "
+            f"the default layer on the same halves "
             f"{h['default_layer_held_out_r']:.2f}")
 
 

@@ -243,13 +243,19 @@ def valence_layer_holdout(vectors: EmotionVectors, norms: pd.DataFrame | None = 
         d_sel = float(np.corrcoef(pc1[vectors.default_layer][sel], val[sel])[0, 1])
         default_r.append(float((np.sign(d_sel) or 1.0) * np.corrcoef(pc1[vectors.default_layer][held], val[held])[0, 1]))
         chosen.append(layer)
+    from scipy.stats import t as student_t
+
     layers, counts = np.unique(chosen, return_counts=True)
-    return {"held_out_r": float(np.mean(held_r)), "held_out_r_sd": float(np.std(held_r, ddof=1)),
+    r_mean, n_held = float(np.mean(held_r)), len(rated) - len(rated) // 2
+    t_stat = r_mean * np.sqrt((n_held - 2) / max(1e-12, 1 - r_mean**2))
+    return {"held_out_r": r_mean, "held_out_r_sd": float(np.std(held_r, ddof=1)),
+            "held_out_p": float(2 * student_t.sf(abs(t_stat), n_held - 2)),
             "default_layer_held_out_r": float(np.mean(default_r)), "n_rated": len(rated),
-            "n_held_out": len(rated) - len(rated) // 2, "seeds": seeds,
+            "n_held_out": n_held, "seeds": seeds,
             "chosen_layers": {int(lay): int(c) for lay, c in zip(layers, counts)},
             "method": "rated emotions split in halves stratified by valence tertile; layer (and PC1 sign) chosen by "
-                      "|r(PC1, valence)| on one half, r measured on the other; mean and sd over seeds"}
+                      "|r(PC1, valence)| on one half, r measured on the other; mean and sd over seeds; p of the mean "
+                      "r at the held-out n (two-sided t test)"}
 
 
 def layer_sweep(vectors: EmotionVectors, recognition: dict[str, Any] | None = None,
