@@ -119,11 +119,11 @@ def _f(x: Any, spec: str = ".2f") -> str:
 
 
 def _holdout(h: dict[str, Any]) -> str:
+    """One line for PC1 vs valence at a layer chosen on half the rated emotions (`valence_layer_holdout`)."""
     chosen = ", ".join(f"{lay} ({n}x)" for lay, n in sorted(h["chosen_layers"].items(), key=lambda kv: -kv[1]))
     return (f"held-out r = {h['held_out_r']:.2f} +- {h['held_out_r_sd']:.2f} (sd over {h['seeds']} splits, "
             f"n = {h['n_held_out']} held out, p = {_f(h.get('held_out_p'), '.2g')}; layers chosen {chosen}); "
-            f"the default layer on the same halves "
-            f"{h['default_layer_held_out_r']:.2f}")
+            f"the default layer on the same halves {h['default_layer_held_out_r']:.2f}")
 
 
 def lines(res: dict[str, Any]) -> list[str]:
