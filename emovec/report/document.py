@@ -19,6 +19,7 @@ from ..vectors import EmotionVectors
 from .experiment_sections import EXPERIMENT_SECTIONS
 from .figures import fig_cosine, fig_implicit, fig_layer_sweep, fig_pca, fig_scaling, fig_severity, fig_steering
 from .html import CSS, esc, fmt, img, section, table
+from .results import holdout_text
 
 
 def _summary_html(run_dir: Path, vecs: EmotionVectors, rec: dict[str, Any] | None) -> str:
@@ -239,13 +240,8 @@ def _headline_html(vecs: EmotionVectors, rec: dict[str, Any] | None, res: dict[s
                          _verdict(c.get("pearson"), c.get("pearson_p"), paper)])
     hold = (_ok(res.get("layer-sweep")) or {}).get("valence_holdout")
     if hold:
-        r_h, n_h = hold["held_out_r"], hold["n_held_out"]
-        p_h = hold.get("held_out_p")
-        chosen = ", ".join(str(lay) for lay in sorted(hold["chosen_layers"], key=lambda k: -hold["chosen_layers"][k]))
         rows.append(["PC1 vs human valence, layer chosen on half of the rated emotions", f"r = {PAPER['pc1_valence_r']}",
-                     f"held-out r = {r_h:.2f} +- {hold['held_out_r_sd']:.2f} over {hold['seeds']} splits (n = {n_h} "
-                     f"held out, p = {fmt(p_h, '.2g')}; layers chosen {chosen}; default layer on the same halves "
-                     f"{hold['default_layer_held_out_r']:.2f})", _verdict(r_h, p_h, PAPER["pc1_valence_r"])])
+                     holdout_text(hold), _verdict(hold["held_out_r"], hold.get("held_out_p"), PAPER["pc1_valence_r"])])
     if rec:
         at = {r["layer"]: r for r in rec["layers"]}.get(vecs.default_layer)
         if at:

@@ -92,19 +92,21 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
                 "n_held_out": hold["n_held_out"], "seeds": hold["seeds"], "chosen_layers": hold["chosen_layers"]}
     if scaling:
         out["scaling"] = {"layer": scaling.get("layer"), "seeds": scaling.get("seeds"),
-                          "rows": [{"k": r["k"], **{key: (r.get(key) or {}).get("mean") for key in
-                                                    ("top1", "top5", "split_half", "valence_r", "arousal_r_best")}}
-                                   for r in scaling.get("rows", [])]}
+                          "rows": _means(scaling, ("top1", "top5", "split_half", "valence_r", "arousal_r_best"))}
         for layer, other in (scaling.get("other_layers") or {}).items():
-            out["scaling"].setdefault("other_layers", {})[layer] = {
-                "role": other.get("role"), "rows": [{"k": r["k"], **{key: (r.get(key) or {}).get("mean") for key in
-                                                                    ("top5", "valence_r")}} for r in other.get("rows", [])]}
+            out["scaling"].setdefault("other_layers", {})[layer] = {"role": other.get("role"),
+                                                                   "rows": _means(other, ("top5", "valence_r"))}
     if steering:
         head = steering.get("headline") or {}
         out["steering"] = {"text": head.get("text"), "diff": head.get("diff"), "ci95": head.get("ci95"),
                            "p": head.get("p"), "p_adjusted": head.get("p_adjusted"),
                            "recommended": steering.get("recommended")}
     return out
+
+
+def _means(scaling: dict[str, Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per k of a `corpus_scaling` result: the mean over seeds of each of `keys`."""
+    return [{"k": r["k"], **{key: (r.get(key) or {}).get("mean") for key in keys}} for r in scaling.get("rows", [])]
 
 
 def save(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
@@ -118,7 +120,7 @@ def _f(x: Any, spec: str = ".2f") -> str:
     return "n/a" if x is None else format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
-def _holdout(h: dict[str, Any]) -> str:
+def holdout_text(h: dict[str, Any]) -> str:
     """One line for PC1 vs valence at a layer chosen on half the rated emotions (`valence_layer_holdout`)."""
     chosen = ", ".join(f"{lay} ({n}x)" for lay, n in sorted(h["chosen_layers"].items(), key=lambda kv: -kv[1]))
     return (f"held-out r = {h['held_out_r']:.2f} +- {h['held_out_r_sd']:.2f} (sd over {h['seeds']} splits, "
@@ -139,7 +141,7 @@ def lines(res: dict[str, Any]) -> list[str]:
                    f"PC1 {geo['pc1_variance']:.0%} of variance; paper r = {paper['pc1_valence_r']}, 26%)"
                    + (f"; best layer {sweep['best_valence_layer']}: r = {_f(sweep['best_valence_r'])}" if sweep else ""))
         if sweep and sweep.get("valence_holdout"):
-            out.append(f"PC1 vs human valence, layer chosen on half the rated emotions: {_holdout(sweep['valence_holdout'])}")
+            out.append(f"PC1 vs human valence, layer chosen on half the rated emotions: {holdout_text(sweep['valence_holdout'])}")
         out.append(f"PC2 vs human arousal: r = {_f(geo['pc2_arousal_r'])} (n = {geo['n_matched']}; paper r = "
                    f"{paper['pc2_arousal_r']})" + (f"; largest |r| over layers {_f(sweep['best_arousal_r'])} at layer "
                                                    f"{sweep['best_arousal_layer']}" if sweep else ""))
@@ -176,7 +178,7 @@ def markdown(res: dict[str, Any]) -> str:
                                  f"{geo.get('layer')}; PC1 {_f(geo.get('pc1_variance'), '.0%')} of variance); best layer "
                                  f"{sweep.get('best_valence_layer')}: r = {_f(sweep.get('best_valence_r'))}",
          f"r = {paper['pc1_valence_r']} (n = {paper['n_words']}), 26% of variance"),
-        *([("PC1 vs human valence, layer chosen on half the rated emotions", _holdout(sweep["valence_holdout"]), "-")]
+        *([("PC1 vs human valence, layer chosen on half the rated emotions", holdout_text(sweep["valence_holdout"]), "-")]
           if sweep.get("valence_holdout") else []),
         ("PC2 vs human arousal", f"r = {_f(geo.get('pc2_arousal_r'))} (n = {geo.get('n_matched')}); largest abs(r) over "
                                  f"layers {_f(sweep.get('best_arousal_r'))} (layer {sweep.get('best_arousal_layer')})",

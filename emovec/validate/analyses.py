@@ -211,7 +211,8 @@ def split_halves(values: np.ndarray, seed: int, stratify: bool = True) -> tuple[
     return np.sort(np.array(sel, dtype=int)), np.sort(np.array(held, dtype=int))
 
 
-def valence_layer_holdout(vectors: EmotionVectors, norms: pd.DataFrame | None = None, seeds: int = 20) -> dict[str, Any] | None:
+def valence_layer_holdout(vectors: EmotionVectors, norms: pd.DataFrame | None = None, seeds: int = 20,
+                          pc1: dict[int, np.ndarray] | None = None) -> dict[str, Any] | None:
     """PC1 vs valence at a layer chosen on one half of the rated emotions, measured on the other half.
 
     The best layer of a sweep is chosen on the same ratings it is then reported with, which
@@ -219,7 +220,9 @@ def valence_layer_holdout(vectors: EmotionVectors, norms: pd.DataFrame | None = 
     tertile), the layer with the largest |r(PC1, valence)| on the selection half is chosen (its
     sign with it), and r is measured on the held-out half; the default layer is measured on the
     same held-out halves for comparison. PCA uses every emotion (no ratings), so only the layer
-    choice sees the selection half. None when fewer than 10 emotions are rated.
+    choice sees the selection half. `pc1` ({layer: PC1 scores of every emotion}, as `layer_sweep`
+    already has them from `pca_against_norms`) saves recomputing the PCA. None when fewer than
+    10 emotions are rated.
     """
     norms = load_norms() if norms is None else norms
     names = list(vectors.emotions)
@@ -227,21 +230,18 @@ def valence_layer_holdout(vectors: EmotionVectors, norms: pd.DataFrame | None = 
     if norms is None or len(rated) < 10:
         return None
     val = norms.loc[[names[i] for i in rated], "valence"].to_numpy(float)
-    pc1 = {}
-    for layer in vectors.layers:
-        x = _unit_matrix(vectors, layer)
-        x = x - x.mean(0)
-        u, s, _ = np.linalg.svd(x, full_matrices=False)
-        pc1[layer] = (u[:, 0] * s[0])[rated]
+    if pc1 is None:
+        pc1 = {lay: pca_against_norms(_unit_matrix(vectors, lay), names, norms)["scores"][:, 0] for lay in vectors.layers}
+    scores = {lay: p[rated] for lay, p in pc1.items()}
     held_r, default_r, chosen = [], [], []
     for seed in range(seeds):
         sel, held = split_halves(val, seed)
-        r_sel = {lay: float(np.corrcoef(p[sel], val[sel])[0, 1]) for lay, p in pc1.items()}
+        r_sel = {lay: float(np.corrcoef(p[sel], val[sel])[0, 1]) for lay, p in scores.items()}
         layer = max(r_sel, key=lambda lay: abs(r_sel[lay]))
         sign = np.sign(r_sel[layer]) or 1.0
-        held_r.append(float(sign * np.corrcoef(pc1[layer][held], val[held])[0, 1]))
-        d_sel = float(np.corrcoef(pc1[vectors.default_layer][sel], val[sel])[0, 1])
-        default_r.append(float((np.sign(d_sel) or 1.0) * np.corrcoef(pc1[vectors.default_layer][held], val[held])[0, 1]))
+        held_r.append(float(sign * np.corrcoef(scores[layer][held], val[held])[0, 1]))
+        d = vectors.default_layer
+        default_r.append(float((np.sign(r_sel[d]) or 1.0) * np.corrcoef(scores[d][held], val[held])[0, 1]))
         chosen.append(layer)
     from scipy.stats import t as student_t
 
@@ -268,8 +268,10 @@ def layer_sweep(vectors: EmotionVectors, recognition: dict[str, Any] | None = No
     norms = load_norms() if norms is None else norms
     rec = {r["layer"]: r for r in (recognition or {}).get("layers", [])}
     rows = []
+    pc1 = {}
     for layer in vectors.layers:
         pca = pca_against_norms(_unit_matrix(vectors, layer), list(vectors.emotions), norms)
+        pc1[layer] = pca["scores"][:, 0]
         c = pca["correlations"]
         rows.append({"layer": layer, "top1": rec.get(layer, {}).get("top1"), "top5": rec.get(layer, {}).get("top5"),
                      "pc1_variance": pca["explained_variance"][0],
@@ -285,7 +287,7 @@ def layer_sweep(vectors: EmotionVectors, recognition: dict[str, Any] | None = No
         "best_valence_layer": max(with_r, key=lambda r: r["pc1_valence_r"])["layer"] if with_r else None,
         "chance_top1": (recognition or {}).get("chance_top1"), "chance_top5": (recognition or {}).get("chance_top5"),
         "n_stories": (recognition or {}).get("n_stories"),
-        "valence_holdout": valence_layer_holdout(vectors, norms),
+        "valence_holdout": valence_layer_holdout(vectors, norms, pc1=pc1),
     }
 
 
