@@ -29,7 +29,7 @@ lint: $(STAMP)
 readme-results: $(STAMP)
 	mkdir -p results && cp runs/demo/results.json results/demo.json
 	$(VENV)/bin/emovec results --readme README.md --from results/demo.json
-	for run in qwen standard; do if [ -f runs/$$run/results.json ]; then cp runs/$$run/results.json results/$$run.json && \
+	for run in qwen standard cuda60; do if [ -f runs/$$run/results.json ]; then cp runs/$$run/results.json results/$$run.json && \
 	  $(VENV)/bin/emovec results --readme README.md --from results/$$run.json; fi; done
 
 # The second embedded model, `--model qwen2.5-coder-0.5b` (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF, 491 MB): six

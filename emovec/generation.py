@@ -97,11 +97,17 @@ def _eos_ids(lm: LanguageModel) -> list[int]:
 
 
 def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    """Pick next tokens [batch] from last-position logits [batch, vocab]: greedy, or temperature + top-k + top-p."""
+    """Pick next tokens [batch] (on the CPU) from last-position logits [batch, vocab]: greedy, or temperature + top-k + top-p.
+
+    Argmax and top-k run where the logits are; only the k candidates move to the CPU, where
+    the draw uses `generator`, so a seed gives the same tokens on any device (given equal
+    logits) without copying the whole vocabulary off a GPU at every step.
+    """
     if sampling.temperature <= 0:
-        return logits.argmax(-1)
+        return logits.argmax(-1).cpu()
     k = min(sampling.top_k if sampling.top_k > 0 else logits.shape[-1], logits.shape[-1])
     vals, idx = torch.topk(logits.float() / sampling.temperature, k, dim=-1)
+    vals, idx = vals.cpu(), idx.cpu()
     probs = torch.softmax(vals, dim=-1)
     if sampling.top_p < 1.0:
         drop = (torch.cumsum(probs, -1) - probs) > sampling.top_p
@@ -294,8 +300,10 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
                     logits = model(**args, logits_to_keep=1).logits[:, -1]
         pos = pos[:, -1:]
         for step in range(sampling.max_new_tokens):
-            nxt = sample_next(penalize(logits.float().cpu(), history[:, :t0 + step], sampling.repetition_penalty),
-                              sampling, generator)
+            scores = logits.float()
+            if sampling.repetition_penalty != 1.0:
+                scores = penalize(scores, history[:, :t0 + step].to(scores.device), sampling.repetition_penalty)
+            nxt = sample_next(scores, sampling, generator)
             nxt = torch.where(finished, eos[0], nxt)
             live = ~finished & ~torch.isin(nxt, eos)
             finished |= ~live

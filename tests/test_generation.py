@@ -7,7 +7,7 @@ import torch
 
 import emovec.generation as generation
 from emovec import EmovecError, FastBackend, HFBackend, Sampling
-from emovec.generation import _layout, penalize
+from emovec.generation import _layout, penalize, sample_next
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,14 @@ def test_writer_dtype(lm):
     assert name in ("bfloat16", "float32") and "auto" in why  # what a run records: never "auto" itself
     with pytest.raises(EmovecError, match="unknown writer dtype"):
         generation.writer_dtype(lm, "int4")
+
+
+def test_sample_next_draws_on_the_cpu_from_the_top_k_and_the_nucleus_only() -> None:
+    logits = torch.tensor([[5.0, 4.0, 3.0, -10.0, 2.0, 1.0]] * 300)
+    top3 = Sampling(temperature=1.0, top_k=3, top_p=1.0)
+    drawn = sample_next(logits, top3, torch.Generator().manual_seed(0))
+    assert drawn.device.type == "cpu" and set(drawn.tolist()) == {0, 1, 2}
+    assert torch.equal(drawn, sample_next(logits, top3, torch.Generator().manual_seed(0)))
+    nucleus = Sampling(temperature=1.0, top_k=0, top_p=0.5)  # token 0 alone holds 64% of the mass
+    assert set(sample_next(logits, nucleus, torch.Generator().manual_seed(0)).tolist()) == {0}
+    assert sample_next(logits[:2], Sampling(temperature=0.0), None).tolist() == [0, 0]

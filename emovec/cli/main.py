@@ -324,7 +324,7 @@ def _model_info(model: str, device: str, dtype: str | None, trust_remote_code: b
 @main.command()
 @click.argument("run_dir")
 @click.option("--only", default=None,
-              help="comma-separated subset: logit-lens,geometry,layer-sweep,severity,implicit,scaling,steering")
+              help="comma-separated subset: logit-lens,geometry,layer-sweep,severity,implicit,scaling,lexical,steering")
 @click.option("--force", is_flag=True, help="recompute results that already exist")
 def analyze(run_dir: str, only: str | None, force: bool) -> None:
     """Run the validation analyses on RUN_DIR; results go to RUN_DIR/analyses/*.json."""

@@ -14,7 +14,7 @@ from ..experiments.registry import EXPERIMENTS
 from ..models import LanguageModel
 from ..storage import read_json, write_text
 from ..validate.crossmodel import geometry_lines
-from ..validate.runner import ANALYSES, PAPER, analyses_dir, load_vectors, run_analyses
+from ..validate.runner import ANALYSES, PAPER, analyses_dir, lexical_text, load_vectors, run_analyses
 from ..vectors import EmotionVectors
 from .experiment_sections import EXPERIMENT_SECTIONS
 from .figures import fig_cosine, fig_implicit, fig_layer_sweep, fig_pca, fig_scaling, fig_severity, fig_steering
@@ -226,6 +226,18 @@ def _verdict(value: float | None, p: float | None, target: float | None = None) 
     return "weaker" if value > 0 and p < 0.05 else "not reproduced"
 
 
+def _versus_words(lex: dict[str, Any], rec: dict[str, Any] | None, hold: dict[str, Any] | None) -> str:
+    """The model's figures minus the lexical baseline's: best-layer top-5 and held-out-layer valence r."""
+    parts = []
+    if rec:
+        best = max(rec["layers"], key=lambda r: r["top5"])
+        parts.append(f"model's best layer top-5 {best['top5'] - lex['top5']:+.1%} points")
+    val = (lex.get("pc1_valence") or {}).get("pearson")
+    if hold and val is not None:
+        parts.append(f"held-out valence r {hold['held_out_r'] - val:+.2f}")
+    return "model minus words: " + ", ".join(parts) if parts else "-"
+
+
 def _headline_html(vecs: EmotionVectors, rec: dict[str, Any] | None, res: dict[str, Any]) -> str:
     """One screen of headline results against the paper, computed from the saved analyses."""
     geo, sc, st = _ok(res.get("geometry")), _ok(res.get("scaling")), _ok(res.get("steering"))
@@ -261,6 +273,10 @@ def _headline_html(vecs: EmotionVectors, rec: dict[str, Any] | None, res: dict[s
                          f"valence r {fmt(a['valence_r']['mean'])} -> {fmt(b['valence_r']['mean'])}; top-5 "
                          f"{_ms(a['top5'], '.1%')} -> {_ms(b['top5'], '.1%')}",
                          "growing" if (b["valence_r"]["mean"] or 0) > (a["valence_r"]["mean"] or 0) else "flat"])
+    lex = _ok(res.get("lexical"))
+    if lex:
+        rows.append(["lexical baseline: the same measures on the stories' words (TF-IDF), no model", "not reported",
+                     lexical_text(lex), _versus_words(lex, rec, hold)])
     if st:
         h = st["headline"]
         rows.append(["steering judged from outside (happy vs sad)", "steering moves behaviour as intended", h["text"],

@@ -11,18 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from ..activations import load_corpus_activations
+from ..corpus import load_corpus
 from ..models import LanguageModel
-from ..rundir import VECTORS_FILE, open_run, run_model
+from ..rundir import VECTORS_FILE, open_run, run_emotions, run_model
 from ..steering import SteeringVector, steering_vector
 from ..storage import EmovecError, read_json, write_json
 from ..vectors import EmotionVectors
 from . import analyses as an
+from . import lexical as lex
 from . import scaling as scl
 from . import scenarios as sc
 from . import steering as st
 from .crossmodel import compare_geometry
 
-ANALYSES = ("logit-lens", "geometry", "layer-sweep", "severity", "implicit", "scaling", "steering")
+ANALYSES = ("logit-lens", "geometry", "layer-sweep", "severity", "implicit", "scaling", "lexical", "steering")
 NEEDS_MODEL = {"logit-lens", "severity", "implicit", "steering"}
 PAPER = {"pc1_variance": 0.26, "pc1_valence_r": 0.81, "pc2_variance": 0.15, "pc2_arousal_r": 0.66, "n_words": 45}
 
@@ -50,6 +52,13 @@ def _scaling(run_dir: Path, vecs: EmotionVectors) -> dict[str, Any]:
     return scl.scaling_analysis(stories, neutral, vecs, {why: sweep.get("best_valence_layer")})
 
 
+def _lexical(run_dir: Path) -> dict[str, Any]:
+    """The lexical baseline on the run's kept stories, with the folds and seed of its held-out recognition."""
+    cfg = open_run(run_dir, write=False)
+    rows = load_corpus(run_dir, "stories", run_emotions(cfg))
+    return lex.lexical_baseline([r["text"] for r in rows], [r["emotion"] for r in rows], folds=cfg.folds, seed=cfg.seed)
+
+
 def _compute(name: str, run_dir: Path, vecs: EmotionVectors, lm: LanguageModel | None,
              steering: st.SteeringConfig | None = None) -> dict[str, Any]:
     if name == "geometry":
@@ -59,6 +68,8 @@ def _compute(name: str, run_dir: Path, vecs: EmotionVectors, lm: LanguageModel |
         return an.layer_sweep(vecs, rec)
     if name == "scaling":
         return _scaling(run_dir, vecs)
+    if name == "lexical":
+        return _lexical(run_dir)
     assert lm is not None
     if name == "steering":
         return st.steering_efficacy(lm, vecs, steering)
@@ -163,6 +174,8 @@ def summarize(name: str, r: dict[str, Any]) -> str:
                 f"(chance {r['chance_top1']:.0%}), top-5 {r['top5']:.0%} (chance {r['chance_top5']:.0%})")
     if name == "scaling":
         return _scaling_line(r)
+    if name == "lexical":
+        return f"lexical baseline (the stories' words, no model): {lexical_text(r)}"
     if name == "steering":
         rec = r["recommended"]
         judged = [c for c in r["curves"] if c["as_expected"] is not None]
@@ -180,6 +193,14 @@ def summarize(name: str, r: dict[str, Any]) -> str:
         return (f"speaker probes ({r['n_dialogues']} dialogues, {r['n_turns']} turns, {len(r['emotions'])} emotions, layer {r['layer']}): "
                 f"present vs other cosine mean {_fmt(r['present_other']['mean'])} (paper: nearly orthogonal){story}")
     return name
+
+
+def lexical_text(r: dict[str, Any]) -> str:
+    """The lexical baseline's figures in one line (recognition against chance, PC1/PC2 against the norms)."""
+    val, aro = r.get("pc1_valence") or {}, r.get("pc2_arousal") or {}
+    return (f"top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}, p = {r['p_top1']:.2g}), top-5 {r['top5']:.1%} "
+            f"(chance {r['chance_top5']:.1%}), n = {r['n_stories']} stories, {r['n_emotions']} emotions; PC1 vs valence "
+            f"r = {_fmt(val.get('pearson'))}, PC2 vs arousal r = {_fmt(aro.get('pearson'))} (n = {r['n_matched']})")
 
 
 def _scaling_line(r: dict[str, Any]) -> str:
