@@ -36,7 +36,9 @@ def lexical_baseline(texts: Sequence[str], labels: Sequence[str], folds: int = 5
 
     Emotions with fewer than 2 stories are left out, folds are capped by the smallest
     emotion and dealt by `fold_assignment(labels, folds, seed)`, as in `heldout_recognition`,
-    so a run's model and its words are scored on the same splits.
+    so a run's model and its words are scored on the same splits. `norms` defaults to
+    `load_norms()`. The word matrix is dense float32 (stories x `max_features`): 4 GB at
+    200,000 stories, a few hundred MB at the sizes a CPU makes.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -50,17 +52,17 @@ def lexical_baseline(texts: Sequence[str], labels: Sequence[str], folds: int = 5
     kept_labels = [labels[i] for i in keep]
     try:
         tfidf = TfidfVectorizer(min_df=2, max_features=max_features, sublinear_tf=True)
-        x = torch.tensor(tfidf.fit_transform([texts[i] for i in keep]).toarray(), dtype=torch.float64)
+        x = torch.tensor(tfidf.fit_transform([texts[i] for i in keep]).toarray(), dtype=torch.float32)
     except ValueError as exc:  # no word occurs in two stories
         raise EmovecError(f"the lexical baseline found no shared vocabulary in the stories ({exc})") from exc
     y = np.array([names.index(lab) for lab in kept_labels])
     folds = max(2, min(folds, min(counts[e] for e in names)))
-    ranks, _ = heldout_ranks(x, y, len(names), torch.zeros(0, x.shape[1], dtype=torch.float64),
+    ranks, _ = heldout_ranks(x, y, len(names), torch.zeros(0, x.shape[1], dtype=x.dtype),
                              fold_assignment(kept_labels, folds, seed))
     n = len(names)
     hits = int(np.sum(ranks == 0))
     means = class_means(x, y, n)
-    geo = pca_against_norms(unit_rows(means - means.mean(0)).numpy(), names, load_norms() if norms is None else norms)
+    geo = pca_against_norms(unit_rows(means - means.mean(0)).double().numpy(), names, load_norms() if norms is None else norms)
     corr = geo["correlations"]
     return {
         "n_emotions": n, "n_stories": len(keep), "folds": folds, "n_features": int(x.shape[1]),
