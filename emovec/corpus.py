@@ -203,9 +203,9 @@ class CorpusReport:
         return out
 
 
-def judge_story(text: str, emotion: str, min_words: int = MIN_WORDS) -> str | None:
-    """Why a story is dropped (`names_emotion`, `too_short`), or None to keep it."""
-    if names_emotion(text, emotion):
+def judge_story(text: str, emotion: str, min_words: int = MIN_WORDS, keep_named: bool = False) -> str | None:
+    """Why a story is dropped (`names_emotion` unless `keep_named`, `too_short`), or None to keep it."""
+    if not keep_named and names_emotion(text, emotion):
         return "names_emotion"
     if len(text.split()) < min_words:
         return "too_short"
@@ -264,7 +264,7 @@ def _chunked_run(jobs: Sequence[Any], path: Path, backend: GenerationBackend, sa
 def generate_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str | Path, emotions: Sequence[str],
                      per_emotion: int, sampling: Sampling | None = None, seed: int = 0, stories_per_prompt: int = 1,
                      topic_list: Sequence[str] | None = None, chunk: int = 64, progress: bool = True,
-                     prime: bool = False, style: str = "plain") -> CorpusReport:
+                     prime: bool = False, style: str = "plain", keep_named: bool = False) -> CorpusReport:
     """Have the model write `per_emotion` stories per emotion into `run_dir/stories.jsonl` (resumable).
 
     `style` picks the request wording (see `story_jobs`). With `prime`, the reply starts with a
@@ -280,7 +280,7 @@ def generate_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str
         stories = parse_stories(response, job.n)[: job.n] or [""]
         rows = []
         for i, text in enumerate(stories):
-            reason = judge_story(text, job.emotion)
+            reason = judge_story(text, job.emotion, keep_named=keep_named)
             rows.append({"id": f"{job.id}#{i}", "job": job.id, "emotion": job.emotion, "topic": job.topic,
                          "person": job.person, "text": text, "kept": reason is None, "reason": reason,
                          "source": "model"})
@@ -320,10 +320,11 @@ def generate_neutral(lm: LanguageModel, backend: GenerationBackend, run_dir: str
     return corpus_report(Path(run_dir) / NEUTRAL_FILE)
 
 
-def import_stories(source: str | Path, run_dir: str | Path, emotions: Sequence[str], min_words: int = MIN_WORDS) -> CorpusReport:
+def import_stories(source: str | Path, run_dir: str | Path, emotions: Sequence[str], min_words: int = MIN_WORDS,
+                   keep_named: bool = False) -> CorpusReport:
     """Append stories written elsewhere (JSONL rows with `emotion` and `text`) to the run's story file.
 
-    Emotions must be in the run's concept list; the same naming filter applies.
+    Emotions must be in the run's concept list; the same naming filter applies (off with `keep_named`).
     Importing the same file twice adds nothing (ids are derived from the file and line).
     """
     src = Path(source)
@@ -343,7 +344,7 @@ def import_stories(source: str | Path, run_dir: str | Path, emotions: Sequence[s
         job = f"import|{src.name}|{i}"
         if job in done:
             continue
-        reason = judge_story(text, emotion, min_words)
+        reason = judge_story(text, emotion, min_words, keep_named)
         new.append({"id": job, "job": job, "emotion": emotion, "topic": r.get("topic"), "person": r.get("person"),
                     "text": re.sub(r"\s+", " ", text).strip(), "kept": reason is None, "reason": reason,
                     "source": str(src.name)})

@@ -59,12 +59,12 @@ def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
     backend = pool.backend() if pool is not None else make_backend(cfg, writer)
     try:
         if cfg.import_stories:
-            report = import_stories(cfg.import_stories, run_dir, emotions)
+            report = import_stories(cfg.import_stories, run_dir, emotions, keep_named=cfg.keep_named)
         else:
             report = generate_stories(writer, backend, run_dir, emotions, cfg.per_emotion, cfg.sampling(), cfg.seed,
                                       cfg.stories_per_prompt, topic_list=topics()[:cfg.topics] if cfg.topics else None,
                                       chunk=max(cfg.gen_batch_size, 16), progress=progress, prime=cfg.prime,
-                                      style=cfg.prompt_style)
+                                      style=cfg.prompt_style, keep_named=cfg.keep_named)
         neutral = generate_neutral(writer, backend, run_dir, cfg.n_neutral, seed=cfg.seed,
                                    chunk=max(cfg.gen_batch_size, 16), progress=progress)
     finally:

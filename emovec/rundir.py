@@ -60,6 +60,7 @@ class RunConfig:
     prompt_style: str = "plain"  # "plain": one short request; "detailed": first/third person with instructions
     topics: int | None = 12  # how many of the built-in topics stories cycle through (None: all 159)
     prime: bool = False
+    keep_named: bool = False  # keep stories that name their emotion (the naming filter off: an ablation)
     n_neutral: int = 200
     max_new_tokens: int = 150
     temperature: float = 0.8
@@ -109,7 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Settings that change what a run produces; a resumed run must keep them. Batch sizes, dtypes and the
 # device are among them: they change the numbers (padding, kernels) and so the sampled stories.
 _IDENTITY = ("model", "writer", "concepts", "emotions", "stories_per_prompt", "prompt_style", "topics", "repetition_penalty",
-             "prime", "max_new_tokens", "temperature", "top_p", "seed",
+             "prime", "keep_named", "max_new_tokens", "temperature", "top_p", "seed",
              "token_start", "denoise_fraction", "gen_batch_size", "extract_batch_size", "gen_dtype", "backend", "dtype")
 # What a run.json written before the recipe settings existed was made with (the old default recipe).
 _BEFORE_RECIPES = {"prompt_style": "detailed", "topics": None, "repetition_penalty": 1.1}

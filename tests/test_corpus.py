@@ -92,9 +92,20 @@ def test_import_filters_and_is_idempotent(tmp_path):
     assert rep.drop_rate == pytest.approx(2 / 3)
     rep = import_stories(src, tmp_path / "run", ["calm", "sad"])
     assert rep.total == 3
+    named = import_stories(src, tmp_path / "run-named", ["calm", "sad"], keep_named=True)
+    assert (named.kept, named.dropped) == (2, {"too_short": 1})  # the naming filter off, the length filter on
     src.write_text(json.dumps({"emotion": "zorgle", "text": long}) + "\n")
     with pytest.raises(EmovecError, match="not in the concept list"):
         import_stories(src, tmp_path / "run2", ["calm"])
+
+
+def test_keep_named_is_a_run_setting_a_resume_must_keep(tmp_path):
+    from emovec.rundir import make_config, open_run
+
+    open_run(tmp_path, make_config(keep_named=True))
+    assert open_run(tmp_path).keep_named is True
+    with pytest.raises(EmovecError, match="started with keep_named=True, not False"):
+        open_run(tmp_path, make_config())
 
 
 def test_torn_jsonl_tail_is_dropped_and_repaired(tmp_path):

@@ -111,6 +111,9 @@ def run_options(f: _F) -> _F:
                      help="writer repetition penalty (default 1.0: none)"),
         click.option("--prime/--no-prime", default=None,
                      help="start each story with a sentence naming the emotion (removed before storing)"),
+        click.option("--keep-named/--drop-named", default=None,
+                     help="keep stories that name their emotion (default: drop them; an ablation, README "
+                          "\"The story recipe\")"),
         click.option("--token-start", type=click.IntRange(min=1), default=None, help="first pooled token position"),
         click.option("--denoise-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
                      help="neutral variance explained by the projected-out components"),
