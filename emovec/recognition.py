@@ -73,6 +73,32 @@ def heldout_ranks(x: torch.Tensor, y: np.ndarray, n_classes: int, comps: torch.T
     return ranks, pred
 
 
+def heldout_split(labels: Sequence[str], emotions: Sequence[str], folds: int, seed: int,
+                  what: str = "held-out recognition") -> tuple[list[str], list[int], np.ndarray, int, np.ndarray]:
+    """Who takes part in held-out recognition, and in which fold.
+
+    Returns the emotions of `emotions` with at least two items (in that order), the indices
+    of their items in `labels`, each such item's class index, the fold count (`folds`,
+    capped by the smallest emotion, at least 2) and each item's fold (`fold_assignment`).
+    Every analysis that scores items against these folds uses this, so they share splits.
+    """
+    wanted = set(emotions)
+    counts = Counter(lab for lab in labels if lab in wanted)
+    names = [e for e in emotions if counts.get(e, 0) >= 2]
+    if len(names) < 2:
+        raise EmovecError(f"{what} needs at least 2 emotions with 2+ stories each; generate more stories")
+    taking = set(names)
+    keep = [i for i, lab in enumerate(labels) if lab in taking]
+    kept = [labels[i] for i in keep]
+    folds = max(2, min(folds, min(counts[e] for e in names)))
+    return names, keep, np.array([names.index(lab) for lab in kept]), folds, fold_assignment(kept, folds, seed)
+
+
+def top1_p(ranks: np.ndarray, n_classes: int) -> float:
+    """One-sided binomial p of the top-1 hits in `ranks` (0 = hit) against chance 1/n_classes."""
+    return float(binomtest(int(np.sum(ranks == 0)), len(ranks), 1 / n_classes, alternative="greater").pvalue)
+
+
 def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations | None, emotions: Sequence[str],
                         layers: Sequence[int] | None = None, folds: int = 5, denoise_fraction: float = 0.5,
                         seed: int = 0, top_confusions: int = 10) -> dict[str, Any]:
@@ -84,15 +110,7 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
     Returns per-layer top-1/top-5 accuracy with a one-sided binomial p-value of the
     top-1 hits against chance, chance levels, and the most-confused pairs.
     """
-    counts = Counter(lab for lab in stories.labels if lab in set(emotions))
-    names = [e for e in emotions if counts.get(e, 0) >= 2]
-    if len(names) < 2:
-        raise EmovecError("held-out recognition needs at least 2 emotions with 2+ stories each; generate more stories")
-    keep = [i for i, lab in enumerate(stories.labels) if lab in set(names)]
-    labels = [stories.labels[i] for i in keep]
-    y = np.array([names.index(lab) for lab in labels])
-    folds = max(2, min(folds, min(counts[e] for e in names)))
-    assign = fold_assignment(labels, folds, seed)
+    names, keep, y, folds, assign = heldout_split(stories.labels, emotions, folds, seed)
     layers = list(stories.keep_layers) if layers is None else list(layers)
     per_layer: list[dict[str, Any]] = []
     for layer in layers:
@@ -104,17 +122,14 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
             comps = denoise_components(neutral.pooled[:, neutral.keep_layers.index(layer)], denoise_fraction)[0].to(torch.float64)
         ranks, pred = heldout_ranks(x, y, len(names), comps, assign)
         per_layer.append({"layer": layer, "top1": float(np.mean(ranks == 0)), "top5": float(np.mean(ranks < 5)),
-                          "mean_rank": float(np.mean(ranks) + 1), "_pred": pred})
+                          "mean_rank": float(np.mean(ranks) + 1), "p_top1": top1_p(ranks, len(names)), "_pred": pred})
     best = max(per_layer, key=lambda r: (r["top1"], r["top5"]))
     pairs = Counter((names[t], names[p]) for t, p in zip(y, best["_pred"]) if t != p)
     for r in per_layer:
         r.pop("_pred")
     n = len(names)
-    for r in per_layer:
-        hits = int(round(r["top1"] * len(labels)))
-        r["p_top1"] = float(binomtest(hits, len(labels), 1 / n, alternative="greater").pvalue)
     return {
-        "n_emotions": n, "n_stories": len(labels), "folds": folds, "denoise_fraction": denoise_fraction,
+        "n_emotions": n, "n_stories": len(keep), "folds": folds, "denoise_fraction": denoise_fraction,
         "chance_top1": 1 / n, "chance_top5": min(5, n) / n, "layers": per_layer,
         "best_layer": best["layer"],
         "confusions": [{"true": a, "predicted": b, "count": c} for (a, b), c in pairs.most_common(top_confusions)],

@@ -12,16 +12,14 @@ figures is what the model adds to the words of its own stories.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import binomtest
 
-from ..recognition import class_means, fold_assignment, heldout_ranks, unit_rows
+from ..recognition import class_means, heldout_ranks, heldout_split, top1_p, unit_rows
 from ..storage import EmovecError
 from .analyses import load_norms, pca_against_norms
 
@@ -35,8 +33,8 @@ def lexical_baseline(texts: Sequence[str], labels: Sequence[str], folds: int = 5
     """Held-out recognition and PC1/PC2-vs-norms of a bag-of-words representation of labelled stories.
 
     Emotions with fewer than 2 stories are left out, folds are capped by the smallest
-    emotion and dealt by `fold_assignment(labels, folds, seed)`, as in `heldout_recognition`,
-    so a run's model and its words are scored on the same splits. `norms` defaults to
+    emotion and dealt as in `heldout_recognition` (both use `heldout_split`), so a run's model
+    and its words are scored on the same splits. `norms` defaults to
     `load_norms()`. The word matrix is dense float32 (stories x `max_features`): 4 GB at
     200,000 stories, a few hundred MB at the sizes a CPU makes.
     """
@@ -44,23 +42,14 @@ def lexical_baseline(texts: Sequence[str], labels: Sequence[str], folds: int = 5
 
     if len(texts) != len(labels):
         raise EmovecError(f"lexical baseline: {len(texts)} texts but {len(labels)} labels")
-    counts = Counter(labels)
-    names = [e for e in dict.fromkeys(labels) if counts[e] >= 2]
-    if len(names) < 2:
-        raise EmovecError("the lexical baseline needs at least 2 emotions with 2+ stories each; generate more stories")
-    keep = [i for i, lab in enumerate(labels) if counts[lab] >= 2]
-    kept_labels = [labels[i] for i in keep]
+    names, keep, y, folds, assign = heldout_split(labels, list(dict.fromkeys(labels)), folds, seed, "the lexical baseline")
     try:
         tfidf = TfidfVectorizer(min_df=2, max_features=max_features, sublinear_tf=True)
         x = torch.tensor(tfidf.fit_transform([texts[i] for i in keep]).toarray(), dtype=torch.float32)
     except ValueError as exc:  # no word occurs in two stories
         raise EmovecError(f"the lexical baseline found no shared vocabulary in the stories ({exc})") from exc
-    y = np.array([names.index(lab) for lab in kept_labels])
-    folds = max(2, min(folds, min(counts[e] for e in names)))
-    ranks, _ = heldout_ranks(x, y, len(names), torch.zeros(0, x.shape[1], dtype=x.dtype),
-                             fold_assignment(kept_labels, folds, seed))
+    ranks, _ = heldout_ranks(x, y, len(names), torch.zeros(0, x.shape[1], dtype=x.dtype), assign)
     n = len(names)
-    hits = int(np.sum(ranks == 0))
     means = class_means(x, y, n)
     geo = pca_against_norms(unit_rows(means - means.mean(0)).double().numpy(), names, load_norms() if norms is None else norms)
     corr = geo["correlations"]
@@ -68,7 +57,7 @@ def lexical_baseline(texts: Sequence[str], labels: Sequence[str], folds: int = 5
         "n_emotions": n, "n_stories": len(keep), "folds": folds, "n_features": int(x.shape[1]),
         "top1": float(np.mean(ranks == 0)), "top5": float(np.mean(ranks < 5)), "mean_rank": float(np.mean(ranks) + 1),
         "chance_top1": 1 / n, "chance_top5": min(5, n) / n,
-        "p_top1": float(binomtest(hits, len(keep), 1 / n, alternative="greater").pvalue),
+        "p_top1": top1_p(ranks, n),
         "explained_variance": geo["explained_variance"], "n_matched": len(geo["matched"]),
         "pc1_valence": corr.get("pc1_valence"), "pc2_arousal": corr.get("pc2_arousal"), "method": METHOD,
     }
