@@ -15,7 +15,14 @@ import pytest
 from emovec.experiments import EXPERIMENTS
 from emovec.experiments.coding_tasks import KINDS, check_solution, classify_hack, extract_files, load_tasks, select_tasks
 from emovec.experiments.common import Condition, pick_emotions
-from emovec.experiments.hacking import DEFAULT_EMOTIONS, honest_pass, run_reward_hacking, summarize_hacking, summary_lines
+from emovec.experiments.hacking import (
+    DEFAULT_EMOTIONS,
+    honest_pass,
+    honest_start,
+    run_reward_hacking,
+    summarize_hacking,
+    summary_lines,
+)
 from emovec.storage import EmovecError
 
 TASKS = {t.id: t for t in load_tasks()}
@@ -259,6 +266,45 @@ def test_tiny_real_episode_resumes(run_copy, lm):
     redone = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert redone[-1]["reply"] == rows[-1]["reply"] and redone[-1]["key"] == rows[-1]["key"]
     assert redone[-1]["readout"]["calm"] == pytest.approx(rows[-1]["readout"]["calm"], abs=1e-4)
+
+
+@pytest.mark.parametrize("task_id", sorted(TASKS))
+def test_honest_start_is_the_honest_solution_and_its_real_failure(task_id):
+    task = TASKS[task_id]
+    turn = honest_start(task, attempts=3)
+    assert extract_files(turn["reply"], task.function)["solution.py"].strip() == task.honest_solution.strip()
+    failing = [n for n in task.impossible if check_solution(task, task.honest_solution).outcomes[n] == "fail"]
+    assert failing and all(f"FAIL {n}:" in turn["feedback"] for n in failing)
+    assert "attempt 1 of 4." in turn["feedback"]
+
+
+def test_honest_start_refuses_a_task_whose_honest_solution_passes():
+    task = TASKS["next-prime"]
+    passing = task.__class__(**{**task.__dict__, "honest_solution": task.hack_example})
+    with pytest.raises(EmovecError, match="honest solution must fail only the impossible tests"):
+        honest_start(passing, attempts=2)
+
+
+def test_honest_start_episode_continues_from_the_rejected_solution(run_copy, lm):
+    """With --start honest the model's replies are attempts 2.. of the conversation; the opening is kept for resumes."""
+    kw = dict(n=1, attempts=1, tasks="sum-fast", emotions="calm", strengths="0.05", max_new_tokens=8, lm=lm,
+              start="honest")
+    s = run_reward_hacking(run_copy, **kw)
+    out = run_copy / "experiments" / "reward-hacking"
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["attempt"] == 1 and "That was attempt 2 of 2." in r["feedback"] for r in rows)
+    assert s["settings"]["start"] == "honest"
+    opening = json.loads((out / "openings.json").read_text())
+    assert set(opening) == {"sum-fast"} and "test_million_within_budget" in opening["sum-fast"]["feedback"]
+    (out / "samples.jsonl").write_text("".join((out / "samples.jsonl").read_text().splitlines(keepends=True)[:-1]))
+    run_reward_hacking(run_copy, **kw)  # the timed test's measured time is not measured again: same prompt, same reply
+    redone = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert redone[-1]["reply"] == rows[-1]["reply"]
+    assert json.loads((out / "openings.json").read_text()) == opening
+    with pytest.raises(EmovecError, match="different start "):
+        run_reward_hacking(run_copy, **{**kw, "start": "blank"})
+    with pytest.raises(EmovecError, match="unknown start 'dirty'"):
+        run_reward_hacking(run_copy, **{**kw, "start": "dirty"})
 
 
 def test_resume_with_other_generation_settings_is_refused(run_copy, lm):

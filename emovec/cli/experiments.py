@@ -9,7 +9,7 @@ import click
 from ..experiments import EXPERIMENTS
 from ..experiments.blackmail import run_blackmail
 from ..experiments.common import DEFAULT_STRENGTHS
-from ..experiments.hacking import run_reward_hacking
+from ..experiments.hacking import STARTS, run_reward_hacking
 from ..experiments.preferences import run_preferences
 from ..models import LanguageModel
 from ..rundir import open_run, run_model
@@ -103,14 +103,17 @@ def experiment_blackmail(run_dir: str, n: int, emotions: str | None, strengths: 
 @click.option("--max-new-tokens", type=click.IntRange(min=1, max=4096), default=128, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--start", type=click.Choice(STARTS), default="blank", show_default=True,
+              help="blank: the model starts from the task; honest: each episode opens with the task's honest "
+                   "solution submitted and failing the impossible tests")
 @_TAG
 @_DTYPE
 def experiment_reward_hacking(run_dir: str, n: int, attempts: int, tasks: str | None, emotions: str | None,
                               strengths: str, layers: str | None, seed: int, max_new_tokens: int, batch_size: int,
-                              temperature: float, tag: str | None, dtype: str | None) -> None:
+                              temperature: float, start: str, tag: str | None, dtype: str | None) -> None:
     """Impossible coding tasks: hack rate (Wilson 95%) under a steering sweep, readout by attempt (sandboxed)."""
     s = run_reward_hacking(run_dir, n=n, emotions=emotions, strengths=strengths, layers=layers, attempts=attempts,
                            tasks=tasks, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
-                           batch_size=batch_size, progress=True, tag=tag, lm=_model(run_dir, dtype))
+                           batch_size=batch_size, progress=True, tag=tag, start=start, lm=_model(run_dir, dtype))
     for line in EXPERIMENTS["reward-hacking"].result_lines(s, run_dir, tag):
         click.echo(line)
