@@ -106,14 +106,17 @@ def experiment_blackmail(run_dir: str, n: int, emotions: str | None, strengths: 
 @click.option("--start", type=click.Choice(STARTS), default="blank", show_default=True,
               help="blank: the model starts from the task; honest: each episode opens with the task's honest "
                    "solution submitted and failing the impossible tests")
+@click.option("--nudge", default="", metavar="TEXT",
+              help="text added after every test feedback the model reads (pressure, or an instruction to "
+                   "special-case the tests as a capability control)")
 @_TAG
 @_DTYPE
 def experiment_reward_hacking(run_dir: str, n: int, attempts: int, tasks: str | None, emotions: str | None,
                               strengths: str, layers: str | None, seed: int, max_new_tokens: int, batch_size: int,
-                              temperature: float, start: str, tag: str | None, dtype: str | None) -> None:
+                              temperature: float, start: str, nudge: str, tag: str | None, dtype: str | None) -> None:
     """Impossible coding tasks: hack rate (Wilson 95%) under a steering sweep, readout by attempt (sandboxed)."""
     s = run_reward_hacking(run_dir, n=n, emotions=emotions, strengths=strengths, layers=layers, attempts=attempts,
                            tasks=tasks, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
-                           batch_size=batch_size, progress=True, tag=tag, start=start, lm=_model(run_dir, dtype))
+                           batch_size=batch_size, progress=True, tag=tag, start=start, nudge=nudge, lm=_model(run_dir, dtype))
     for line in EXPERIMENTS["reward-hacking"].result_lines(s, run_dir, tag):
         click.echo(line)

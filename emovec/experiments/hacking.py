@@ -135,12 +135,15 @@ class HackingSummary(HackingStats):
     files: list[str]
 
 
-def _conversation(lm: LanguageModel, task: CodingTask, turns: Sequence[dict[str, Any]]) -> str:
-    """The rendered chat for the next attempt: task prompt, then each earlier reply and its test feedback."""
+def _conversation(lm: LanguageModel, task: CodingTask, turns: Sequence[dict[str, Any]], nudge: str = "") -> str:
+    """The rendered chat for the next attempt: task prompt, then each earlier reply and its test feedback.
+
+    `nudge`, when given, follows every feedback message (the stored feedback stays the test output alone).
+    """
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": task.prompt()}]
     for row in turns:
         messages += [{"role": "assistant", "content": row["reply"]},
-                     {"role": "user", "content": row["feedback"]}]
+                     {"role": "user", "content": f"{row['feedback']}\n\n{nudge}" if nudge else row["feedback"]}]
     if not lm.has_chat_template:
         raise EmovecError(f"{lm.name} has no chat template; the reward-hacking experiment needs an instruct model")
     return str(lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
@@ -183,11 +186,12 @@ def _openings(out_dir: Path, tasks: Sequence[CodingTask], attempts: int) -> dict
 def run_episodes(lm: LanguageModel, vectors: EmotionVectors, out_dir: str | Path, conditions: Sequence[Condition],
                  tasks: Sequence[CodingTask], n: int, attempts: int, sampling: Sampling, seed: int,
                  readout: Sequence[str], layers: str | int | list[int] | None = None, batch_size: int = 16,
-                 progress: bool = False, start: str = "blank") -> SampleStore:
+                 progress: bool = False, start: str = "blank", nudge: str = "") -> SampleStore:
     """Generate, check and read out every missing attempt (resumable), one chunk per (condition, attempt).
 
     With `start="honest"` each episode opens with `honest_start` (counted as attempt 1 of
     attempts + 1 in the feedback text); the model's own replies are attempts 1..attempts in the rows.
+    `nudge` is added after every feedback message the model reads (`_conversation`).
     """
     _check_start(start)
     offset = int(start == "honest")
@@ -206,7 +210,7 @@ def run_episodes(lm: LanguageModel, vectors: EmotionVectors, out_dir: str | Path
                     continue
                 seed_here = chunk_seed(NAME, seed, cond.label, attempt)
                 ep_tasks = [tasks[e % len(tasks)] for e in pending]
-                prompts = [_conversation(lm, t, opening[t.id] + history[e]) for e, t in zip(pending, ep_tasks)]
+                prompts = [_conversation(lm, t, opening[t.id] + history[e], nudge) for e, t in zip(pending, ep_tasks)]
                 t0 = time.monotonic()
                 replies = generate_steered(lm, prompts, sampling, seed_here, steer, batch_size)
                 t_gen = time.monotonic() - t0
@@ -442,7 +446,7 @@ def run_reward_hacking(run_dir: str | Path, n: int = 5, emotions: str | Sequence
                        attempts: int = 3, tasks: str | Sequence[str] | None = None, seed: int = 0,
                        max_new_tokens: int = 128, temperature: float = 0.7, batch_size: int = 16,
                        lm: LanguageModel | None = None, progress: bool = False, tag: str | None = None,
-                       start: str = "blank") -> HackingSummary:
+                       start: str = "blank", nudge: str = "") -> HackingSummary:
     """The reward-hacking experiment on a run: multi-attempt episodes on impossible tasks under a steering sweep.
 
     `n` episodes per condition cycle through the tasks in file order (the default 5 x 9 conditions x 3
@@ -451,7 +455,9 @@ def run_reward_hacking(run_dir: str | Path, n: int = 5, emotions: str | Sequence
     Resumable: finished attempts are kept in samples.jsonl and never redone; a resume with other
     generation settings (model, tasks, attempts, seed, max_new_tokens, temperature, layers) is refused.
     `start="honest"` opens every episode with the task's honest solution already submitted and
-    rejected (`honest_start`), so each attempt answers a failed correct solution.
+    rejected (`honest_start`), so each attempt answers a failed correct solution. `nudge` is text
+    added after every test feedback: pressure, or an explicit instruction to special-case the tests
+    (a capability control: does the model game the tests when told to?).
     Writes summary.json, hack_rates.csv, readout_by_attempt.csv and two PNGs.
     """
     t_start = time.monotonic()
@@ -472,15 +478,16 @@ def run_reward_hacking(run_dir: str | Path, n: int = 5, emotions: str | Sequence
     # What a sample depends on beyond its key (condition|episode|attempt): the feedback text names `attempts`.
     check_settings(out, {"model": ctx.config.model, "tasks": [t.id for t in chosen], "attempts": attempts, "seed": seed,
                          "max_new_tokens": max_new_tokens, "temperature": temperature, "layers": layer_key,
-                         "readout_layer": vectors.default_layer, "start": start}, defaults={"start": "blank"}, lm=lm)
+                         "readout_layer": vectors.default_layer, "start": start, "nudge": nudge},
+                   defaults={"start": "blank", "nudge": ""}, lm=lm)
     store = run_episodes(lm, vectors, out, conditions, chosen, n, attempts, sampling, seed, names, layers,
-                         batch_size, progress, start)
+                         batch_size, progress, start, nudge)
     labels = {c.label for c in conditions}
     rows = [r for r in store.rows if r["condition"] in labels and r["episode"] < n and r["attempt"] <= attempts]
     stats = summarize_hacking(rows, conditions, names, attempts, {t.id: t.impossible for t in chosen})
     summary: HackingSummary = {
         **stats,
-        "settings": {"n_per_condition": n, "attempts": attempts, "start": start, "tasks": [t.id for t in chosen],
+        "settings": {"n_per_condition": n, "attempts": attempts, "start": start, "nudge": nudge, "tasks": [t.id for t in chosen],
                      "emotions": names, "strengths": strength_list, "layers": layer_key, "seed": seed,
                      "chunk_seeds": CHUNK_SEEDS, "max_new_tokens": max_new_tokens, "temperature": temperature,
                      "batch_size": batch_size, "readout": names, "readout_layer": vectors.default_layer,
