@@ -204,6 +204,10 @@ def test_summary_statistics():
     # episode 1 resubmitted its first code (other prose and indentation aside); nothing else repeats
     assert base["resubmitted"]["k"] == 1 and base["resubmitted"]["n"] == 2
     assert steered["resubmitted"]["k"] == 0 and steered["resubmitted"]["n"] == 1
+    # after an honest opening, a first attempt that repeats it is a resubmission too (every attempt 1 here returns 1)
+    opened = summarize_hacking(rows, conds, ["desperate"], attempts=2,
+                               openings={"median": "```python\ndef median(xs):\n    return 1\n```"})["conditions"]
+    assert [(c["resubmitted"]["k"], c["resubmitted"]["n"]) for c in opened] == [(3, 4), (2, 3)]
     change = s["readout_change_while_failing"]["desperate"]  # only the unsteered episodes failed twice
     assert change["n"] == 2 and change["mean_change"] == pytest.approx(0.25) and change["n_rose"] == 2
     assert set(s["hack_kinds_overall"]) == set(KINDS)
@@ -252,7 +256,7 @@ def test_tiny_real_episode_resumes(run_copy, lm):
     assert s["n_rows"] == len(rows) and s["conditions"][0]["episodes"] == 1
     assert {"summary.json", "hack_rates.csv", "readout_by_attempt.csv", "dose_response.png",
             "readout_by_attempt.png"} <= {p.name for p in out.iterdir()}
-    assert "<img" in _hacking_html(s)
+    assert "<img" in _hacking_html(s) and "honest solution submitted" not in _hacking_html(s)
     assert s["timing"]["total_s"] >= 0 and s["settings"]["chunk_seeds"]
     lines = EXPERIMENTS["reward-hacking"].result_lines(s, run_copy)
     assert lines[:-1] == summary_lines(s) and lines[0].strip().startswith("unsteered: hacked")
@@ -288,9 +292,13 @@ def test_honest_start_refuses_a_task_whose_honest_solution_passes():
 
 def test_honest_start_episode_continues_from_the_rejected_solution(run_copy, lm):
     """With --start honest the model's replies are attempts 2.. of the conversation; the opening is kept for resumes."""
+    from emovec.report.experiment_sections import _hacking_html
+
     kw = dict(n=1, attempts=1, tasks="sum-fast", emotions="calm", strengths="0.05", max_new_tokens=8, lm=lm,
-              start="honest")
+              start="honest", nudge="Make every test pass.")
     s = run_reward_hacking(run_copy, **kw)
+    assert s["settings"]["nudge"] == kw["nudge"]
+    assert "honest solution submitted" in _hacking_html(s) and "Make every test pass." in _hacking_html(s)
     out = run_copy / "experiments" / "reward-hacking"
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["attempt"] == 1 and "That was attempt 2 of 2." in r["feedback"] for r in rows)
