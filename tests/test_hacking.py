@@ -310,6 +310,10 @@ def test_honest_start_episode_continues_from_the_rejected_solution(run_copy, lm)
     redone = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert redone[-1]["reply"] == rows[-1]["reply"]
     assert json.loads((out / "openings.json").read_text()) == opening
+    (out / "openings.json").write_text(json.dumps({"sum-fast": "not a turn"}))
+    with pytest.raises(EmovecError, match="is not an openings file"):
+        run_reward_hacking(run_copy, **kw)
+    (out / "openings.json").write_text(json.dumps(opening))
     with pytest.raises(EmovecError, match="different start "):
         run_reward_hacking(run_copy, **{**kw, "start": "blank"})
     with pytest.raises(EmovecError, match="unknown start 'dirty'"):

@@ -135,7 +135,8 @@ def _openings(out_dir: Path, tasks: Sequence[CodingTask], attempts: int) -> dict
     """
     path = out_dir / OPENINGS_FILE
     kept = read_json(path) if path.exists() else {}
-    if not isinstance(kept, dict):
+    if not isinstance(kept, dict) or not all(isinstance(v, dict) and isinstance(v.get("reply"), str)
+                                             and isinstance(v.get("feedback"), str) for v in kept.values()):
         raise EmovecError(f"{path} is not an openings file; delete {out_dir} to start over")
     missing = [t for t in tasks if t.id not in kept]
     if missing:
