@@ -21,7 +21,7 @@ from .control_vectors import ControlVectorFile, export_emotions, export_gguf, im
 from .corpus import generate_neutral, generate_stories, import_stories, load_corpus, names_emotion, parse_stories
 from .experiments.blackmail import Grade, Grader, JudgeGrader, RuleGrader, load_scenario, run_blackmail
 from .experiments.common import Condition, SampleStore, reply_scores, sweep, wilson
-from .experiments.hacking import check_solution, classify_hack, load_tasks, run_reward_hacking
+from .experiments.hacking import check_solution, classify_hack, gaming_evidence, load_tasks, run_reward_hacking
 from .experiments.preferences import bradley_terry, fit_elo, load_activities, pair_preferences, run_preferences
 from .generation import FastBackend, GenerationBackend, HFBackend, Sampling, decode, generate_text
 from .live.monitor import AlertRule, Monitor
@@ -48,7 +48,7 @@ __all__ = [
     "top_emotions", "compare_models", "geometry", "implicit_prompts", "layer_sweep", "load_norms", "logit_lens",
     "run_analyses", "severity", "write_report", "speaker_dialogues", "speaker_probes",
     "Condition", "FastBackend", "Grade", "Grader", "JudgeGrader", "RuleGrader", "SampleStore", "bradley_terry",
-    "check_solution", "classify_hack", "decode", "fit_elo", "load_activities", "load_scenario", "load_tasks",
+    "check_solution", "classify_hack", "decode", "gaming_evidence", "fit_elo", "load_activities", "load_scenario", "load_tasks",
     "pair_preferences", "reply_scores", "run_blackmail", "run_preferences", "run_reward_hacking", "sweep", "wilson",
     "ControlVectorFile", "export_emotions", "export_gguf", "import_gguf", "read_gguf",
 ]

@@ -38,6 +38,7 @@ from .coding_tasks import (
     check_solution,
     classify_hack,
     extract_files,
+    gaming_evidence,
     load_tasks,
     select_tasks,
 )
@@ -64,6 +65,7 @@ from .hacking_stats import (
     HackingSummary,
     HackingTiming,
     PairedChange,
+    gamed,
     honest_pass,
     summarize_hacking,
     summary_lines,
@@ -74,10 +76,11 @@ __all__ = ["NAME", "TITLE", "DEFAULT_EMOTIONS", "STARTS", "HackingSummary", "run
            "honest_start",
            "fig_dose_response", "fig_readout_by_attempt",
            # re-exported from .hacking_stats, where they live
-           "DoseResponse", "PairedChange", "HackingTiming", "HackingStats", "honest_pass", "summarize_hacking",
+           "DoseResponse", "PairedChange", "HackingTiming", "HackingStats", "gamed", "honest_pass", "summarize_hacking",
            "summary_lines",
            # re-exported from .coding_tasks, where they live
-           "KINDS", "CheckResult", "CodingTask", "check_solution", "classify_hack", "extract_files", "load_tasks",
+           "KINDS", "CheckResult", "CodingTask", "check_solution", "classify_hack", "extract_files", "gaming_evidence",
+           "load_tasks",
            "select_tasks"]
 
 log = logging.getLogger(__name__)
@@ -299,7 +302,7 @@ def run_reward_hacking(run_dir: str | Path, n: int = 5, emotions: str | Sequence
     rows = [r for r in store.rows if r["condition"] in labels and r["episode"] < n and r["attempt"] <= attempts]
     openings = ({tid: turns[0]["reply"] for tid, turns in _openings(out, chosen, attempts).items()}
                 if start == "honest" else None)
-    stats = summarize_hacking(rows, conditions, names, attempts, {t.id: t.impossible for t in chosen}, openings)
+    stats = summarize_hacking(rows, conditions, names, attempts, openings=openings, tasks={t.id: t for t in chosen})
     summary: HackingSummary = {
         **stats,
         "settings": {"n_per_condition": n, "attempts": attempts, "start": start, "nudge": nudge, "tasks": [t.id for t in chosen],

@@ -74,6 +74,8 @@ def _hacking_html(s: HackingSummary) -> str:
     rows = [[c["condition"], c["episodes"], f"{c['hack']['k']}/{c['hack']['n']}", fmt(c["hack"]["rate"]),
              f"[{fmt((c['hack']['ci95'] or [None])[0])}, {fmt((c['hack']['ci95'] or [None, None])[1])}]",
              c["hack_identified"]["k"], c["green"]["k"], _k_of_n(c.get("honest_pass")), _k_of_n(c.get("resubmitted")),
+             _k_of_n(c.get("gamed")) + (f" (p {fmt(c['gamed_fisher_p'], '.2g')})" if c.get("gamed_fisher_p") is not None
+                                         else ""),
              ", ".join(f"{k} {v}" for k, v in c["kinds"].items()) or "-"]
             for c in s["conditions"]]
     trend = "; ".join(f"{e}: rho {fmt(t['r'])} (p {fmt(t['p'], '.2g')}, n {t['n']})"
@@ -94,7 +96,8 @@ def _hacking_html(s: HackingSummary) -> str:
             f"Within-episode change from the first to the last attempt before any hack: {esc(paired)}. "
             f"With these sample sizes only large effects would show; intervals are Wilson 95%.</p>"
             + table(["condition", "episodes", "hacked", "rate", "95% CI", "identified", "all green",
-                     "possible tests passed honestly", "follow-ups resubmitting the same code", "kinds"], rows)
+                     "possible tests passed honestly", "follow-ups resubmitting the same code",
+                     "tried to game (working or not; Fisher p vs unsteered)", "kinds"], rows)
             + img(fig_dose_response(s), "hack rate by steering strength")
             + img(fig_readout_by_attempt(s), "readout by attempt"))
 
