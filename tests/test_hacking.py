@@ -248,6 +248,8 @@ def test_gaming_evidence_counts_broken_special_cases_but_not_honest_code_or_past
     assert gaming_evidence(task, task.hack_example), task.hack_example
     assert gaming_evidence(task, task.honest_solution) == []
     assert gaming_evidence(task, task.tests) == []  # the test file pasted back holds its literals, but is no attempt
+    asserts = "\n".join(ln.strip() for ln in task.tests.splitlines() if ln.strip().startswith("self.assert"))
+    assert asserts and gaming_evidence(task, asserts) == []  # so do its assertion lines pasted at module level
     lit = task.telltale_inputs[0]
     # the special case a 0.5B model writes as a bare fragment, outside any function: it errors every test, yet it
     # is an attempt (and an indented fragment, as cut out of a function body, parses too)
