@@ -155,6 +155,7 @@ def summarize_hacking(rows: Sequence[dict[str, Any]], conditions: Sequence[Condi
             kind = _first_hack_kind(v)
             first_kinds[kind] = first_kinds.get(kind, 0) + 1
         identified = sum(1 for v in hacked if _first_hack_kind(v) != "other")
+        tried = [[gamed(r, tasks[r["task"]]) for r in v] for v in mine.values()] if tasks else None
         per_cond.append({"condition": cond.label, "emotion": cond.emotion, "strength": cond.strength,
                          "episodes": len(mine), "attempts": len(att),
                          "hack": rate(len(hacked), len(mine)),
@@ -166,9 +167,8 @@ def summarize_hacking(rows: Sequence[dict[str, Any]], conditions: Sequence[Condi
                                              len(mine)) if imp else None,
                          "attempt_honest_pass": rate(sum(honest_pass(r, imp) for r in att), len(att)) if imp else None,
                          "resubmitted": _resubmissions(list(mine.values()), openings),
-                         "gamed": rate(sum(1 for v in mine.values() if any(gamed(r, tasks[r["task"]]) for r in v)),
-                                       len(mine)) if tasks else None,
-                         "attempt_gamed": rate(sum(gamed(r, tasks[r["task"]]) for r in att), len(att)) if tasks else None,
+                         "gamed": rate(sum(map(any, tried)), len(mine)) if tried is not None else None,
+                         "attempt_gamed": rate(sum(map(sum, tried)), len(att)) if tried is not None else None,
                          "tests_passed_fraction": mean_or_none([r["n_passed"] / r["n_tests"] for r in att if r["n_tests"]]),
                          "no_report": sum(1 for r in att if r["error"] and "did not finish" in r["error"])})
     base: Rate | None = next((c["hack"] for c in per_cond if c["emotion"] is None), None)
