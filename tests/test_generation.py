@@ -98,3 +98,45 @@ def test_sample_next_draws_on_the_cpu_from_the_top_k_and_the_nucleus_only() -> N
     nucleus = Sampling(temperature=1.0, top_k=0, top_p=0.5)  # token 0 alone holds 64% of the mass
     assert set(sample_next(logits, nucleus, torch.Generator().manual_seed(0)).tolist()) == {0}
     assert sample_next(logits[:2], Sampling(temperature=0.0), None).tolist() == [0, 0]
+
+
+def test_half_precision_attention_matches_float32_sdpa_and_respects_the_masks():
+    """The bf16 CPU path (two matmuls over the whole cache, not SDPA's slow kernel) gives SDPA's answer on the filled
+    cache: padding and the unwritten slots after `emovec_kv_len` are ignored, with or without a mask."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(3, 6, 2, 8, generator=g), torch.randn(3, 2, 9, 8, generator=g), torch.randn(3, 2, 9, 8, generator=g))
+    k[:, :, 7:], v[:, :, 7:] = 0.0, 0.0  # unwritten static-cache slots
+    v[0, :, 2:4] = 1e4  # padding of row 0: would dominate the output if it leaked
+    mask = torch.ones(3, 1, 2, 9, dtype=torch.bool).tril(5)  # the causal mask decode's model builds: queries at 5, 6
+    mask[0, ..., 2:4] = False
+
+    def reference(m: torch.Tensor | None) -> torch.Tensor:
+        kk, vv = k[:, :, :7].repeat_interleave(3, 1), v[:, :, :7].repeat_interleave(3, 1)
+        causal = torch.ones(2, 7, dtype=torch.bool).tril(5)
+        full = causal if m is None else m[..., :7]
+        return torch.nn.functional.scaled_dot_product_attention(q, kk, vv, attn_mask=full).transpose(1, 2)
+
+    for m in (mask, None):  # without a mask row 0's padding is attended (1e4 values: bf16 is 3 digits)
+        out, _ = generation._sliced_attention(torch.nn.Module(), q.bfloat16(), k.bfloat16(), v.bfloat16(), m,
+                                              emovec_kv_len=7)
+        assert out.dtype == torch.bfloat16 and out.shape == (3, 2, 6, 8)
+        assert torch.allclose(out.float(), reference(m), atol=3e-2, rtol=1e-2)
+        assert (out.float().abs().max() < 10) == (m is not None)
+
+
+def test_bf16_decode_follows_the_models_own_greedy_generate(lm):
+    """End to end in bf16: emovec's decode loop (matmul attention, shared prefix, chunked prefill) picks the tokens
+    transformers' generate picks with SDPA, on padded prompts of different lengths."""
+    import copy
+
+    model = copy.deepcopy(lm.model).to(torch.bfloat16)
+    texts = [lm.chat("Name three colours."), lm.chat("Write one sentence about the sea at night, please.")]
+    sampling = generation.Sampling(max_new_tokens=12, temperature=0.0)
+    steps = list(generation.decode(lm, texts, sampling, None, model=model, prefill_tokens=8))
+    ours = torch.stack([s.tokens for s in steps], 1)
+    enc = lm.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    with torch.inference_mode():
+        ref = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+    ref = ref[:, enc["input_ids"].shape[1]:]
+    agree = (ours[:, :8] == ref[:, :8]).float().mean().item()
+    assert agree >= 0.9, (ours, ref)
