@@ -133,12 +133,13 @@ def _sliced_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
     `decode` passes `emovec_kv_len` (positions written so far); everything after it is
     masked anyway, so slicing changes no result and saves reading the empty cache.
     `enable_gqa` spares the copy that repeats each key/value head for its query heads.
-    Half precision on a CPU goes to `_matmul_attention` instead, over the whole cache.
+    Half precision on a CPU with at most 64 queries per row (decode steps, short prefill
+    chunks) goes to `_matmul_attention` instead, over the whole cache.
     Only used for decoder-only full-attention models (see `_can_slice`).
     """
     n = kwargs.get("emovec_kv_len")
     q = query.shape[2]
-    if _half_on_cpu(query):  # the whole (contiguous) cache: reading it beats copying a slice; later keys are masked
+    if _half_on_cpu(query) and q <= _MATMUL_MAX_QUERIES:  # the whole (contiguous) cache: beats copying a slice
         if attention_mask is None:
             attention_mask = torch.ones(q, key.shape[2], dtype=torch.bool, device=query.device).tril(
                 (n if n is not None else key.shape[2]) - q)
@@ -158,6 +159,9 @@ def _sliced_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
         query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=causal,
         enable_gqa=query.shape[1] != key.shape[1])
     return out.transpose(1, 2).contiguous(), None
+
+
+_MATMUL_MAX_QUERIES = 64  # longer prefill chunks keep SDPA, whose kernel is fast there and never holds all scores
 
 
 def _half_on_cpu(query: torch.Tensor) -> bool:
