@@ -141,8 +141,7 @@ def _sliced_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
     q = query.shape[2]
     if _half_on_cpu(query) and q <= _MATMUL_MAX_QUERIES:  # the whole (contiguous) cache: beats copying a slice
         if attention_mask is None:
-            attention_mask = torch.ones(q, key.shape[2], dtype=torch.bool, device=query.device).tril(
-                (n if n is not None else key.shape[2]) - q)
+            attention_mask = _causal_to(q, key.shape[2], n if n is not None else key.shape[2], query.device)
         return _matmul_attention(query, key, value, attention_mask, scaling), None
     if n is not None and n < key.shape[2]:
         key, value = key[:, :, :n], value[:, :, :n]
@@ -154,11 +153,16 @@ def _sliced_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
         if q == kv:
             causal = True
         else:
-            attention_mask = torch.ones(q, kv, dtype=torch.bool, device=query.device).tril(kv - q)
+            attention_mask = _causal_to(q, kv, kv, query.device)
     out = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=causal,
         enable_gqa=query.shape[1] != key.shape[1])
     return out.transpose(1, 2).contiguous(), None
+
+
+def _causal_to(q: int, keys: int, filled: int, device: torch.device) -> torch.Tensor:
+    """Boolean [q, keys] mask for `q` queries that are the last positions of the `filled` written keys."""
+    return torch.ones(q, keys, dtype=torch.bool, device=device).tril(filled - q)
 
 
 _MATMUL_MAX_QUERIES = 64  # longer prefill chunks keep SDPA, whose kernel is fast there and never holds all scores

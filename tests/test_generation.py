@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -127,8 +129,6 @@ def test_half_precision_attention_matches_float32_sdpa_and_respects_the_masks():
 def test_bf16_decode_follows_the_models_own_greedy_generate(lm):
     """End to end in bf16: emovec's decode loop (matmul attention, shared prefix, chunked prefill) picks the tokens
     transformers' generate picks with SDPA, on padded prompts of different lengths."""
-    import copy
-
     model = copy.deepcopy(lm.model).to(torch.bfloat16)
     texts = [lm.chat("Name three colours."), lm.chat("Write one sentence about the sea at night, please.")]
     sampling = generation.Sampling(max_new_tokens=12, temperature=0.0)
