@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import length_sorted_batches
+from .attention import fast_attention, use_matmul_attention
 from .models import DTYPES, LanguageModel, cache_kw
 from .provenance import cached_probe
 from .storage import EmovecError
@@ -125,106 +126,6 @@ def penalize(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> tor
     return logits.scatter(1, ids, torch.where(seen > 0, seen / penalty, seen * penalty))
 
 
-def _sliced_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                      **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """SDPA over the filled part of a static KV cache, with grouped-query heads left unrepeated.
-
-    `decode` passes `emovec_kv_len` (positions written so far); everything after it is
-    masked anyway, so slicing changes no result and saves reading the empty cache.
-    `enable_gqa` spares the copy that repeats each key/value head for its query heads.
-    Half precision on a CPU with at most 64 queries per row (decode steps, short prefill
-    chunks) goes to `_matmul_attention` instead, over the whole cache.
-    Only used for decoder-only full-attention models (see `_can_slice`).
-    """
-    n = kwargs.get("emovec_kv_len")
-    q = query.shape[2]
-    if _half_on_cpu(query) and q <= _MATMUL_MAX_QUERIES:  # the whole (contiguous) cache: beats copying a slice
-        if attention_mask is None:
-            attention_mask = _causal_to(q, key.shape[2], n if n is not None else key.shape[2], query.device)
-        return _matmul_attention(query, key, value, attention_mask, scaling), None
-    if n is not None and n < key.shape[2]:
-        key, value = key[:, :, :n], value[:, :, :n]
-        if attention_mask is not None:
-            attention_mask = attention_mask[..., :n]
-    kv = key.shape[2]
-    causal = False
-    if attention_mask is None and q > 1:  # no padding: causal, aligned to the end of the filled cache
-        if q == kv:
-            causal = True
-        else:
-            attention_mask = _causal_to(q, kv, kv, query.device)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, scale=scaling, is_causal=causal,
-        enable_gqa=query.shape[1] != key.shape[1])
-    return out.transpose(1, 2).contiguous(), None
-
-
-def _causal_to(q: int, keys: int, filled: int, device: torch.device) -> torch.Tensor:
-    """Boolean [q, keys] mask for `q` queries that are the last positions of the `filled` written keys."""
-    return torch.ones(q, keys, dtype=torch.bool, device=device).tril(filled - q)
-
-
-_MATMUL_MAX_QUERIES = 64  # longer prefill chunks keep SDPA, whose kernel is fast there and never holds all scores
-
-
-def _half_on_cpu(query: torch.Tensor) -> bool:
-    """Half-precision attention on a CPU, where SDPA's flash kernel is slow for decode-sized queries."""
-    return query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16)
-
-
-def _matmul_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, scaling: float | None) -> torch.Tensor:
-    """Attention as two batched matmuls with the softmax in float32; shaped like `_sliced_attention`'s output.
-
-    On CPUs, SDPA's flash kernel runs a half-precision decode step (one query per row)
-    about 8x slower than these matmuls (12.9 ms against 1.5 ms for 128 rows x 9 heads
-    x 200 keys on an AVX512-BF16 EPYC), which made attention half of the bf16 writer's
-    time; prefill chunks of a few queries per row gain alike. The caller passes the whole
-    static cache (its unwritten slots are zeros and masked): a sliced cache is not
-    contiguous, and copying it cost more than the product. Query heads are grouped
-    onto their key/value head as `enable_gqa` does. `attention_mask` is boolean (True =
-    attend) or additive, broadcastable to [batch, 1, q, keys].
-    """
-    b, h, q, d = query.shape
-    hk, t = key.shape[1], key.shape[2]
-    scores = torch.matmul(query.reshape(b, hk, h // hk * q, d), key.transpose(-1, -2)).float()
-    scores = scores.view(b, hk, h // hk, q, t) * (scaling if scaling is not None else d ** -0.5)
-    if attention_mask is not None:
-        mask = attention_mask.expand(attention_mask.shape[0] if attention_mask.dim() == 4 else 1, 1, q, t)
-        mask = mask.reshape(mask.shape[0], 1, 1, q, t)
-        low = torch.finfo(torch.float32).min  # finite: a fully masked (padding) query gets a harmless uniform row, not NaN
-        scores = scores.masked_fill(~mask, low) if mask.dtype == torch.bool else scores + mask.float().clamp(min=low)
-    out = torch.matmul(scores.softmax(-1).to(value.dtype).view(b, hk, h // hk * q, t), value)
-    return out.view(b, h, q, d).transpose(1, 2).contiguous()
-
-
-def _can_slice(model: Any) -> bool:
-    """Slicing is exact for full-attention SDPA models (not sliding-window or softcapped ones)."""
-    cfg = model.config
-    full = all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"]))
-    return (getattr(cfg, "_attn_implementation", None) == "sdpa" and full and not getattr(cfg, "sliding_window", None)
-            and not getattr(cfg, "attn_logit_softcapping", None))
-
-
-@contextmanager
-def _fast_attention(model: Any) -> Iterator[bool]:
-    """Switch `model` to the sliced attention for the block (if it is exact for it); restored afterwards."""
-    if not _can_slice(model):
-        yield False
-        return
-    from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
-
-    AttentionInterface.register("emovec_sdpa", _sliced_attention)
-    AttentionMaskInterface.register("emovec_sdpa", sdpa_mask)
-    model.set_attn_implementation("emovec_sdpa")
-    try:
-        yield True
-    finally:
-        model.set_attn_implementation("sdpa")
-
-
 @dataclass
 class DecodeStep:
     """One decoding step: the token each row sampled, and which rows are still writing (`live`)."""
@@ -285,7 +186,7 @@ def _prefill_shared(model: Any, cache: Any, ids: torch.Tensor, mask: torch.Tenso
 
 def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generator: torch.Generator | None,
            model: Any = None, feed_last: bool = False, share_prefix: bool = True,
-           prefill_tokens: int = 1024,
+           prefill_tokens: int = 1024, matmul_attention: bool | None = None,
            step_context: Callable[[], AbstractContextManager[Any]] | None = None) -> Iterator[DecodeStep]:
     """The one decode loop of emovec: static KV cache, shared prompt prefix computed once,
     attention over the filled cache only, last-position logits only.
@@ -302,6 +203,8 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
     `step_context` (e.g. readout or steering hooks) is entered around the model's forward
     passes and left before every yield, so a caller that stops iterating never leaves the
     model hooked; grad mode is likewise switched off only inside those passes.
+    `matmul_attention` forces (True) or forbids (False) `attention.matmul_attention` for
+    decode steps; None decides by the model's dtype and this machine (`use_matmul_attention`).
     """
     from transformers import StaticCache
 
@@ -325,13 +228,14 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
             stack.enter_context(step_context())
         return stack
 
-    with _fast_attention(model) as sliced:
+    with fast_attention(model) as sliced:
+        matmul = sliced and (use_matmul_attention(model) if matmul_attention is None else matmul_attention)
         cache = StaticCache(config=model.config, max_cache_len=total)
         with_cache = cache_kw(model, cache)
 
-        def kv(length: int) -> dict[str, int]:
-            """Extra forward keywords: the filled cache length, when attention is sliced to it."""
-            return {"emovec_kv_len": length} if sliced else {}
+        def kv(length: int) -> dict[str, int | bool]:
+            """Extra forward keywords for `sliced_attention`: the filled cache length, and which kernel."""
+            return ({"emovec_kv_len": length, "emovec_matmul": True} if matmul else {"emovec_kv_len": length}) if sliced else {}
 
         with passes():
             start = p if p and _prefill_shared(model, cache, ids, attn, pos, p, kv(p)) else 0
