@@ -17,7 +17,7 @@ from typing import Any
 from .activations import extract_corpus, load_corpus_activations
 from .corpus import generate_neutral, generate_stories, import_stories, load_corpus, topics
 from .distributed import RayOptions, RayPool, ray_session
-from .models import LanguageModel
+from .models import DTYPES, LanguageModel
 from .provenance import run_lock
 from .readout import score_texts, token_baseline
 from .recognition import heldout_recognition, recognition_at
@@ -169,6 +169,9 @@ def prepare_models(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel | None
     check_model_for_run(lm, cfg, writer)
     now = current_provenance(lm, writer)  # versions, CPU class, model files: computed once for both checks
     cfg, notes = resolve_run(cfg, lm, now, writer)
+    if DTYPES.get(cfg.dtype or "") not in (None, lm.dtype):  # `--dtype auto` chose another dtype than loaded
+        lm = run_model(cfg)
+        writer = run_writer(cfg, lm)
     for note in notes:
         log.info(note)
     cfg = check_drift(run_dir, cfg, now, allow_drift)

@@ -165,3 +165,18 @@ def test_the_decode_attention_kernel_is_measured_once_per_machine_and_only_for_h
     assert speedup > 0 and attention.matmul_attention_speedup(*shape) == speedup
     half = copy.deepcopy(lm.model).to(torch.bfloat16)
     assert attention.use_matmul_attention(half) == (speedup >= attention.MATMUL_MIN_SPEEDUP)
+
+
+def test_the_writers_half_copy_keeps_float32_rope_frequencies_like_a_model_loaded_in_bf16(lm):
+    """FastBackend's bf16 copy of a float32 model equals the model loaded in bf16, buffers included (rounding
+    `inv_freq` to bf16 would shift the rotary angles of long stories)."""
+    import emovec
+
+    copy16 = FastBackend(lm, dtype="bfloat16").model()
+    loaded = emovec.load_model("smollm2-135m", dtype="bfloat16").model
+    assert copy16 is not lm.model and next(copy16.parameters()).dtype == torch.bfloat16
+    ours, theirs = dict(copy16.named_buffers()), dict(loaded.named_buffers())
+    assert ours.keys() == theirs.keys() and any(k.endswith("inv_freq") for k in ours)
+    for k, buf in ours.items():
+        assert buf.dtype == theirs[k].dtype == lm.model.get_buffer(k).dtype and torch.equal(buf, theirs[k]), k
+    assert all(torch.equal(a, b) for a, b in zip(copy16.parameters(), loaded.parameters()))

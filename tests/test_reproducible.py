@@ -64,6 +64,24 @@ def test_a_new_run_records_what_decides_its_numbers(lm, tmp_path):
     assert stored["allowed_drift"] == []
 
 
+def test_the_models_auto_dtype_is_decided_once_by_the_writers_probe_and_kept_on_resume(lm, tmp_path):
+    """`--dtype auto` (the quick preset's): bfloat16 where this CPU runs bf16 matmuls natively, else float32; the run
+    loads the model in it, records the concrete name and why, and a resume asking for "auto" again gets the same."""
+    from emovec.generation import BF16_MIN_SPEEDUP, bf16_speedup
+
+    want = "bfloat16" if bf16_speedup(lm) >= BF16_MIN_SPEEDUP else "float32"
+    assert make_config("quick").dtype == "auto"
+    cfg, run_lm = prepare(tmp_path / "run", make_config(**_import_settings(tmp_path), dtype="auto"), lm)
+    stored = read_json(tmp_path / "run" / RUN_FILE)
+    assert cfg.dtype == stored["dtype"] == want and str(run_lm.dtype) == f"torch.{want}"
+    assert "auto" in stored["provenance"]["model_dtype_reason"]
+    again, _ = prepare(tmp_path / "run", make_config(**_import_settings(tmp_path), dtype="auto"), run_lm)
+    assert again.dtype == want
+    with pytest.raises(EmovecError, match="was started with dtype"):
+        prepare(tmp_path / "run", make_config(**_import_settings(tmp_path),
+                                              dtype="float32" if want == "bfloat16" else "bfloat16"), lm)
+
+
 def test_a_resume_under_other_versions_is_refused_unless_allowed(lm, tmp_path):
     run_dir = tmp_path / "run"
     settings = _import_settings(tmp_path)
@@ -177,7 +195,7 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes_cleanly(lm, tmp_path):
 
     settings = dict(STORIES, per_emotion=16, gen_batch_size=16)  # two chunks of 16 stories
     ref = tmp_path / "ref"
-    cfg, _ = prepare(ref, make_config(**settings), lm)
+    cfg, _ = prepare(ref, make_config("quick", **settings), lm)
     stage_stories(ref, cfg, lm, progress=False)
     expected = read_jsonl(ref / "stories.jsonl")
     lines = (ref / "stories.jsonl").read_bytes().splitlines(keepends=True)

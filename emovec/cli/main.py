@@ -66,7 +66,9 @@ def main() -> None:
 def model_options(f: _F) -> _F:
     """The options that pick and place the model (--model, --device, --dtype, --trust-remote-code), shared by commands."""
     f = click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, mps)")(f)
-    f = click.option("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32 on CPU)")(f)
+    f = click.option("--dtype", default=None,
+                     help="float32 | bfloat16 | float16 | auto (default: float32 on CPU; a new run's auto, the quick "
+                          "preset's, is bfloat16 where this CPU runs it natively)")(f)
     f = click.option("--trust-remote-code", is_flag=True, default=None,
                      help="allow a model directory's own code to run (only for models you trust)")(f)
     f = click.option("--model", "model", default=None,
