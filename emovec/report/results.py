@@ -52,7 +52,8 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
         "writer": summary.get("writer", summary["model"]),
         "machine": {"cpu": (prov.get("cpu") or {}).get("model"), "isa": (prov.get("cpu") or {}).get("isa"),
                     "torch_threads": prov.get("torch_threads"), "versions": prov.get("versions"),
-                    "writer_dtype": settings.get("gen_dtype"), "writer_dtype_reason": prov.get("writer_dtype_reason")},
+                    "writer_dtype": settings.get("gen_dtype"), "writer_dtype_reason": prov.get("writer_dtype_reason"),
+                    "model_dtype": settings.get("dtype") or ("float32" if settings.get("device", "cpu") == "cpu" else "bfloat16")},
         "recipe": {k: settings.get(k) for k in ("per_emotion", "prompt_style", "topics", "prime", "max_new_tokens",
                                                 "temperature", "top_p", "repetition_penalty", "token_start",
                                                 "n_neutral", "seed")},
@@ -167,7 +168,7 @@ def lines(res: dict[str, Any]) -> list[str]:
         out.append(f"steering judged by VADER: {st.get('text') or st}")
     m = res["machine"]
     out.append(f"machine: {m['cpu']} ({'+'.join(m['isa'] or []) or 'no vector extensions listed'}), writer dtype "
-               f"{m['writer_dtype']}; time {res.get('timings_s')}")
+               f"{m['writer_dtype']}{_model_dtype(m)}; time {res.get('timings_s')}")
     return out
 
 
@@ -206,7 +207,7 @@ def markdown(res: dict[str, Any]) -> str:
         rows.append(("steering judged from outside (VADER)", str(st.get("text") or st), "moves text as intended"))
     m = res["machine"]
     head = (f"Run `{res['command']}` ({res['model']}) on {m['cpu']} ({'+'.join(m['isa'] or [])}), "
-            f"torch {((m.get('versions') or {}).get('torch'))}, writer dtype {m['writer_dtype']}, "
+            f"torch {((m.get('versions') or {}).get('torch'))}, writer dtype {m['writer_dtype']}{_model_dtype(m)}, "
             f"{m.get('torch_threads')} threads; time {res.get('timings_s')}.")
     table = "| measure | this run | paper |\n| --- | --- | --- |\n" + "".join(
         f"| {a} | {b} | {p} |\n" for a, b, p in rows)
@@ -232,3 +233,8 @@ def update_readme(readme: str | Path, results_file: str | Path, name: str = "dem
     if new != text:
         write_text(readme, new)
     return new != text
+
+
+def _model_dtype(machine: dict[str, Any]) -> str:
+    """", model dtype X" for results files that record it (those written before it was recorded say nothing)."""
+    return f", model dtype {machine['model_dtype']}" if machine.get("model_dtype") else ""
