@@ -333,8 +333,9 @@ def writer_dtype(lm: LanguageModel, dtype: str | None) -> torch.dtype:
 
 def cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """A copy of `model` with its weights in `dtype` and its floating buffers as they were, as loading the
-    model in `dtype` gives. `Module.to` would round buffers too: RoPE's `inv_freq` in bf16 carries 3 digits,
-    which turns a position of 200 into an angle off by up to ~1 radian in the slower-turning dimensions."""
+    model in `dtype` gives, so a bf16 writer is the same model whichever way it was made. `Module.to` would
+    round buffers too: RoPE's `inv_freq` in bf16 puts angles at position 200 off by up to ~0.3 radian (on
+    SmolLM2 the next-token choice barely notices: 97.1% against 97.2% agreement with float32 over 32 stories)."""
     out = copy.deepcopy(model).to(dtype)
     for name, buf in model.named_buffers():
         if buf.is_floating_point():

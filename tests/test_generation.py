@@ -168,8 +168,8 @@ def test_the_decode_attention_kernel_is_measured_once_per_machine_and_only_for_h
 
 
 def test_the_writers_half_copy_keeps_float32_rope_frequencies_like_a_model_loaded_in_bf16(lm):
-    """FastBackend's bf16 copy of a float32 model equals the model loaded in bf16, buffers included (rounding
-    `inv_freq` to bf16 would shift the rotary angles of long stories)."""
+    """FastBackend's bf16 copy of a float32 model equals the model loaded in bf16, buffers included, so a run's
+    stories do not depend on which of the two writes them (`Module.to` rounded the rotary `inv_freq` to bf16)."""
     import emovec
 
     copy16 = FastBackend(lm, dtype="bfloat16").model()
