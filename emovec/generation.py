@@ -235,7 +235,7 @@ def decode(lm: LanguageModel, texts: Sequence[str], sampling: Sampling, generato
 
         def kv(length: int) -> dict[str, int | bool]:
             """Extra forward keywords for `sliced_attention`: the filled cache length, and which kernel."""
-            return ({"emovec_kv_len": length, "emovec_matmul": True} if matmul else {"emovec_kv_len": length}) if sliced else {}
+            return {"emovec_kv_len": length, "emovec_matmul": matmul} if sliced else {}
 
         with passes():
             start = p if p and _prefill_shared(model, cache, ids, attn, pos, p, kv(p)) else 0
