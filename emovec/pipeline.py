@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .activations import extract_corpus, load_corpus_activations
-from .corpus import generate_neutral, generate_stories, import_stories, load_corpus, topics
+from .content_check import apply_content_check
+from .corpus import STORIES_FILE, corpus_report, generate_neutral, generate_stories, import_stories, load_corpus, topics
 from .distributed import RayOptions, RayPool, ray_session
 from .models import DTYPES, LanguageModel
 from .provenance import run_lock
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 
 def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progress: bool = True,
                   writer: LanguageModel | None = None, pool: RayPool | None = None) -> dict[str, Any]:
-    """Generate (or import) the story corpus and the neutral corpus; skips what exists.
+    """Generate (or import) the story corpus and the neutral corpus, then the content check if the run has one;
+    skips what exists.
 
     They are written by `writer`: by default the run's writer (`run_writer`: `lm` itself unless
     the run names another model, which is then loaded). With a Ray `pool` the chunks are written
@@ -69,7 +71,12 @@ def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
                                    chunk=max(cfg.gen_batch_size, 16), progress=progress)
     finally:
         close_engine(backend)
-    return {"stories": report.summary(), "neutral": neutral.summary()}
+    out = {"stories": report.summary(), "neutral": neutral.summary()}
+    if cfg.content_check:  # read by the run's model, after the writer is done
+        out["content_check"] = apply_content_check(lm, run_dir, emotions, cfg.content_check,
+                                                   batch_size=cfg.extract_batch_size, progress=progress)
+        out["stories"] = corpus_report(Path(run_dir) / STORIES_FILE, emotions).summary()
+    return out
 
 
 def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progress: bool = True,

@@ -116,6 +116,10 @@ def run_options(f: _F) -> _F:
         click.option("--keep-named/--drop-named", default=None,
                      help="keep stories that name their emotion (default: drop them; an ablation, README "
                           "\"The story recipe\")"),
+        click.option("--content-check", type=click.FloatRange(0, 1), default=None, metavar="FRACTION",
+                     help="after writing, ask the model which emotion each kept story shows and drop those whose "
+                          "emotion it ranks outside this top share of the emotions (e.g. 0.5; 0: off, the default; "
+                          "README \"The content check\")"),
         click.option("--token-start", type=click.IntRange(min=1), default=None, help="first pooled token position"),
         click.option("--denoise-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
                      help="neutral variance explained by the projected-out components"),
@@ -190,6 +194,11 @@ def _print_summary(s: dict[str, Any]) -> None:
         click.echo(f"stories and neutral dialogues written by {s['writer']}")
     click.echo(f"stories: {st['kept']} kept of {st['written']} written (filter dropped {st['drop_rate']:.1%}: {st['dropped']}), "
                f"{st['kept_per_emotion_min']}-{st['kept_per_emotion_max']} per emotion")
+    if c.get("content_check"):
+        cc = c["content_check"]
+        click.echo(f"content check: {cc['kept']} of {cc['checked']} stories read as their emotion (its rank within the "
+                   f"top {cc['fraction']:.0%} of the emotions, or among its {cc['min_keep']} best); median rank "
+                   f"{cc['median_rank']:.0f}, top 10% for {cc['top10pct_rate']:.0%}")
     click.echo(f"neutral dialogues: {ne['kept']} kept of {ne['written']}")
     click.echo(f"layer used: {s['layer']} (about two thirds of depth)")
     click.echo(f"held-out recognition ({r['folds']}-fold, {r['n_stories']} stories, {r['n_emotions']} emotions): "

@@ -19,7 +19,7 @@ from ..vectors import EmotionVectors
 from .experiment_sections import EXPERIMENT_SECTIONS
 from .figures import fig_cosine, fig_implicit, fig_layer_sweep, fig_pca, fig_scaling, fig_severity, fig_steering
 from .html import CSS, esc, fmt, img, section, table
-from .results import holdout_text
+from .results import holdout_text, per_emotion_steering, per_emotion_text
 
 
 def _summary_html(run_dir: Path, vecs: EmotionVectors, rec: dict[str, Any] | None) -> str:
@@ -281,6 +281,12 @@ def _headline_html(vecs: EmotionVectors, rec: dict[str, Any] | None, res: dict[s
         h = st["headline"]
         rows.append(["steering judged from outside (happy vs sad)", "steering moves behaviour as intended", h["text"],
                      _verdict(h.get("diff"), h.get("p_adjusted"))])
+        per = per_emotion_steering(st)
+        if per:
+            hits = sum(bool(r["as_expected"]) for r in per["rows"])
+            rows.append([f"steering per emotion, layer {per['layer']} (VADER slope per unit strength)",
+                         "each emotion moves behaviour its own way", per_emotion_text(per),
+                         "reproduced" if hits == len(per["rows"]) else f"{hits} of {len(per['rows'])}"])
     if not rows:
         return "<p class='note'>No analyses saved yet.</p>"
     return (table(["check", "paper", "this run", "verdict"], rows)

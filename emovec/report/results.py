@@ -56,9 +56,10 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
                     "model_dtype": settings.get("dtype") or ("float32" if settings.get("device", "cpu") == "cpu" else "bfloat16")},
         "recipe": {k: settings.get(k) for k in ("per_emotion", "prompt_style", "topics", "prime", "max_new_tokens",
                                                 "temperature", "top_p", "repetition_penalty", "token_start",
-                                                "n_neutral", "seed")},
+                                                "n_neutral", "seed", "content_check")},
         "corpus": {"written": corpus["stories"]["written"], "kept": corpus["stories"]["kept"],
-                   "drop_rate": corpus["stories"]["drop_rate"], "neutral_kept": corpus["neutral"]["kept"]},
+                   "drop_rate": corpus["stories"]["drop_rate"], "neutral_kept": corpus["neutral"]["kept"],
+                   "dropped": corpus["stories"].get("dropped"), "content_check": corpus.get("content_check")},
         "timings_s": summary.get("timings"),
         "layer": summary["layer"], "n_vectors": summary["n_vectors"],
         "recognition": {k: rec[k] for k in ("n_emotions", "n_stories", "folds", "top1", "top5", "p_top1",
@@ -95,6 +96,9 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
     if scaling:
         out["scaling"] = {"layer": scaling.get("layer"), "seeds": scaling.get("seeds"),
                           "rows": _means(scaling, ("top1", "top5", "split_half", "valence_r", "arousal_r_best"))}
+        if scaling.get("emotions_left_out"):  # the curve covers only the emotions that reach its largest k
+            out["scaling"].update(n_emotions=scaling.get("n_emotions"), chance_top5=scaling.get("chance_top5"),
+                                  n_norms_matched=scaling.get("n_norms_matched"))
         for layer, other in (scaling.get("other_layers") or {}).items():
             out["scaling"].setdefault("other_layers", {})[layer] = {"role": other.get("role"),
                                                                    "rows": _means(other, ("top5", "valence_r"))}
@@ -106,8 +110,32 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
         head = steering.get("headline") or {}
         out["steering"] = {"text": head.get("text"), "diff": head.get("diff"), "ci95": head.get("ci95"),
                            "p": head.get("p"), "p_adjusted": head.get("p_adjusted"),
-                           "recommended": steering.get("recommended")}
+                           "recommended": steering.get("recommended"), "per_emotion": per_emotion_steering(steering)}
     return out
+
+
+def per_emotion_steering(steering: dict[str, Any]) -> dict[str, Any] | None:
+    """Each steered emotion's VADER slope per unit strength at the analysis's first layer (over its fluent range)."""
+    layers = (steering.get("settings") or {}).get("layers") or []
+    curves = [c for c in steering.get("curves", []) if layers and c.get("layer") == layers[0] and c.get("fit")]
+    if not curves:
+        return None
+    return {"layer": layers[0], "rows": [{"emotion": c["emotion"], "expected": c.get("expected"),
+                                          "slope": round(c["fit"]["slope"], 3),
+                                          "ci95": [round(x, 3) for x in c["fit"]["ci95"]], "p": c["fit"]["p"],
+                                          "n": c["fit"]["n"], "as_expected": c.get("as_expected"),
+                                          "monotonic": c.get("monotonic")} for c in curves]}
+
+
+def per_emotion_text(per: dict[str, Any]) -> str:
+    """One line: each emotion's slope with interval and p, and how many moved VADER the expected way."""
+    rows = per["rows"]
+    parts = [f"{r['emotion']} {r['slope']:+.2f} [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}], p = {r['p']:.1g}"
+             for r in rows]
+    hits, mono = sum(bool(r["as_expected"]) for r in rows), sum(bool(r["monotonic"]) for r in rows)
+    n = sorted(r["n"] for r in rows)
+    return (f"{'; '.join(parts)} (n = {n[0]}-{n[-1]} replies each); the expected way: {hits} of {len(rows)}, "
+            f"monotonic over the fluent range: {mono} of {len(rows)}")
 
 
 def _means(scaling: dict[str, Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -166,6 +194,9 @@ def lines(res: dict[str, Any]) -> list[str]:
     st = res.get("steering")
     if st:
         out.append(f"steering judged by VADER: {st.get('text') or st}")
+        if st.get("per_emotion"):
+            out.append(f"steering per emotion, layer {st['per_emotion']['layer']} (VADER per unit strength): "
+                       f"{per_emotion_text(st['per_emotion'])}")
     m = res["machine"]
     out.append(f"machine: {m['cpu']} ({'+'.join(m['isa'] or []) or 'no vector extensions listed'}), writer dtype "
                f"{m['writer_dtype']}{_model_dtype(m)}; time {res.get('timings_s')}")
@@ -178,7 +209,7 @@ def markdown(res: dict[str, Any]) -> str:
     geo, sweep, sc, st = res.get("geometry") or {}, res.get("layer_sweep") or {}, res.get("scaling"), res.get("steering")
     c = res["corpus"]
     rows = [
-        ("corpus", f"{c['kept']} stories kept of {c['written']} written ({c['drop_rate']:.1%} filtered), "
+        ("corpus", f"{c['kept']} stories kept of {c['written']} written ({c['drop_rate']:.1%} filtered{_why(c)}), "
                    f"{res['n_vectors']} emotions; {c['neutral_kept']} neutral dialogues", "1,200 stories per emotion"),
         ("held-out recognition, layer " + str(res["layer"]),
          f"top-1 {rec['top1']:.1%} (chance {rec['chance_top1']:.1%}, p = {rec['p_top1']:.2g}), top-5 {rec['top5']:.1%} "
@@ -194,7 +225,9 @@ def markdown(res: dict[str, Any]) -> str:
          f"r = {paper['pc2_arousal_r']}, 15% of variance"),
     ]
     if sc and sc["rows"]:
-        rows.append(("corpus scaling (mean over seeds)", "; ".join(
+        covered = (f"; the {sc['n_emotions']} emotions with {sc['rows'][-1]['k']}+ stories, top-5 chance "
+                   f"{sc['chance_top5']:.1%}, {sc['n_norms_matched']} rated") if sc.get("n_emotions") else ""
+        rows.append((f"corpus scaling (mean over seeds{covered})", "; ".join(
             f"k={r['k']}: top-5 {_f(r['top5'], '.1%')}, valence r {_f(r['valence_r'])}" for r in sc["rows"][-4:]), "-"))
         for layer, other in (sc.get("other_layers") or {}).items():
             rows.append((f"corpus scaling at layer {layer} (the sweep's best valence layer)", "; ".join(
@@ -205,6 +238,9 @@ def markdown(res: dict[str, Any]) -> str:
                      lexical_text(res["lexical"]), "-"))
     if st:
         rows.append(("steering judged from outside (VADER)", str(st.get("text") or st), "moves text as intended"))
+        if st.get("per_emotion"):
+            rows.append((f"steering per emotion, layer {st['per_emotion']['layer']} (VADER slope per unit strength, "
+                         "fluent range)", per_emotion_text(st["per_emotion"]), "-"))
     m = res["machine"]
     head = (f"Run `{res['command']}` ({res['model']}) on {m['cpu']} ({'+'.join(m['isa'] or [])}), "
             f"torch {((m.get('versions') or {}).get('torch'))}, writer dtype {m['writer_dtype']}{_model_dtype(m)}, "
@@ -212,6 +248,16 @@ def markdown(res: dict[str, Any]) -> str:
     table = "| measure | this run | paper |\n| --- | --- | --- |\n" + "".join(
         f"| {a} | {b} | {p} |\n" for a, b, p in rows)
     return head + "\n\n" + table
+
+
+def _why(corpus: dict[str, Any]) -> str:
+    """": 280 name their emotion, 430 missed by the content check (top 25%)" for runs with a content check."""
+    dropped, cc = corpus.get("dropped") or {}, corpus.get("content_check")
+    if not cc or not dropped:
+        return ""
+    labels = {"names_emotion": "name their emotion", "too_short": "too short",
+              "misses_emotion": f"missed by the content check (top {cc['fraction']:.0%})"}
+    return ": " + ", ".join(f"{n} {labels.get(k, k)}" for k, n in sorted(dropped.items(), key=lambda kv: -kv[1]))
 
 
 def readme_block(results_file: str | Path, name: str = "demo") -> str:

@@ -1,0 +1,89 @@
+"""The content check on the real model: it reads hand-written stories as their emotion, drops, resumes, refuses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import DATA, SMALL_EMOTIONS
+from scipy.stats import binomtest
+
+from emovec.cli import main
+from emovec.content_check import DROP_REASON, RANK_KEY, apply_content_check, keep_mask, own_ranks
+from emovec.corpus import corpus_report
+from emovec.pipeline import stage_stories
+from emovec.rundir import make_config, open_run
+from emovec.storage import EmovecError, read_jsonl
+
+
+@pytest.fixture(scope="module")
+def checked_run(lm, tmp_path_factory) -> tuple[Path, dict]:
+    """The 6 x 8 hand-written stories imported into a run with the content check at 0.34 (the best 2 of 6)."""
+    run_dir = tmp_path_factory.mktemp("checked_run")
+    cfg = make_config(emotions=SMALL_EMOTIONS, import_stories=str(DATA / "stories_small.jsonl"), n_neutral=0,
+                      content_check=0.34)
+    open_run(run_dir, cfg)
+    return run_dir, stage_stories(run_dir, cfg, lm, progress=False)
+
+
+def test_the_model_reads_handwritten_stories_as_their_emotion(checked_run):
+    """Each story's own emotion is ranked first among the six more often than chance (1 in 6) would give."""
+    rows = read_jsonl(checked_run[0] / "stories.jsonl")
+    ranks = [r[RANK_KEY] for r in rows]
+    assert len(ranks) == 48
+    first = sum(r == 0 for r in ranks)
+    assert binomtest(first, len(ranks), 1 / 6, alternative="greater").pvalue < 0.01, ranks
+
+
+def test_the_check_drops_missed_stories_keeps_the_best_two_and_reports(checked_run):
+    run_dir, summary = checked_run
+    rows = read_jsonl(run_dir / "stories.jsonl")
+    for r in rows:
+        assert r["kept"] == (r["reason"] is None) and r["reason"] in (None, DROP_REASON)
+    for e in SMALL_EMOTIONS:
+        mine = [r for r in rows if r["emotion"] == e]
+        kept = [r for r in mine if r["kept"]]
+        assert len(kept) >= 2
+        assert all(r[RANK_KEY] < 0.34 * 6 for r in kept) or len(kept) == 2
+        assert max(r[RANK_KEY] for r in kept) <= min((r[RANK_KEY] for r in mine if not r["kept"]), default=6)
+    check = summary["content_check"]
+    assert check["checked"] == 48 and check["kept"] + check["dropped"] == 48 and check["rescored"]
+    assert summary["stories"]["kept"] == check["kept"]
+    assert corpus_report(run_dir / "stories.jsonl").dropped.get(DROP_REASON, 0) == check["dropped"]
+
+
+def test_a_rerun_reapplies_the_saved_ranks_without_scoring(checked_run, lm, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(checked_run[0], run_dir)
+    before = (run_dir / "stories.jsonl").read_bytes()
+    again = apply_content_check(lm, run_dir, SMALL_EMOTIONS, 0.34, progress=False)
+    assert again["rescored"] is False and again["kept"] == checked_run[1]["content_check"]["kept"]
+    assert (run_dir / "stories.jsonl").read_bytes() == before
+    wider = apply_content_check(lm, run_dir, SMALL_EMOTIONS, 1.0, progress=False)  # a wider share keeps everything
+    assert wider["kept"] == 48 and wider["rescored"] is False
+
+
+def test_ranks_centre_each_emotion_and_keep_the_best_per_emotion():
+    logprobs = np.log(np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.5, 0.1, 0.4]]))
+    ranks = own_ranks(logprobs, ["b", "b", "c"], ["a", "b", "c"])
+    assert ranks.tolist() == [0, 0, 0]  # "a" is likeliest everywhere, but centring removes that
+    keep = keep_mask(np.array([5, 0, 4, 3]), ["x", "x", "y", "y"], n_emotions=10, fraction=0.1, min_keep=1)
+    assert keep.tolist() == [False, True, False, True]
+
+
+def test_bad_fractions_and_empty_corpora_are_one_line_errors(lm, tmp_path):
+    with pytest.raises(EmovecError, match=r"content check fraction must be in \(0, 1\]"):
+        apply_content_check(lm, tmp_path, ["calm"], 0.0)
+    with pytest.raises(EmovecError, match="no kept stories to check"):
+        apply_content_check(lm, tmp_path, ["calm"], 0.5)
+    res = CliRunner().invoke(main, ["run", str(tmp_path / "r"), "--content-check", "1.5"])
+    assert res.exit_code == 2 and "1.5 is not in the range" in res.output
+    open_run(tmp_path / "r2", make_config(content_check=0.5))
+    stored = json.loads((tmp_path / "r2" / "run.json").read_text())
+    (tmp_path / "r2" / "run.json").write_text(json.dumps({**stored, "content_check": "half"}))
+    with pytest.raises(EmovecError, match="content_check='half' is not a share of the emotions"):
+        open_run(tmp_path / "r2")
