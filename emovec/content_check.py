@@ -47,9 +47,13 @@ def first_tokens(lm: LanguageModel, emotions: Sequence[str]) -> list[int]:
 
 
 def question(lm: LanguageModel, story: str) -> str:
-    """The chat prompt that asks which emotion the story's main character feels, ready for the answer word."""
+    """The prompt that asks which emotion the story's main character feels, ready for the answer word.
+
+    A chat turn where the model has a chat template; plain text (question, then the answer's start) for a base model.
+    """
     p = prompts()
-    return lm.chat(str(p["content_question"]).format(story=story)) + str(p["content_answer"])
+    ask, answer = str(p["content_question"]).format(story=story), str(p["content_answer"])
+    return lm.chat(ask) + answer if lm.has_chat_template else f"{ask}\n\n{answer}"
 
 
 @torch.inference_mode()
@@ -124,8 +128,9 @@ def apply_content_check(lm: LanguageModel, run_dir: str | Path, emotions: Sequen
     path = Path(run_dir) / STORIES_FILE
     rows = read_jsonl(path) if path.exists() else []
     cand = [r for r in rows if r.get("emotion") in emotions and (r.get("kept", True) or r.get("reason") == DROP_REASON)]
-    if not cand:
-        raise EmovecError(f"{path}: no kept stories to check; write or import stories first (`emovec stories`)")
+    if not cand:  # nothing passed the filters: the extraction says so with its empty-corpus message
+        return {"checked": 0, "kept": 0, "dropped": 0, "fraction": fraction, "min_keep": min_keep,
+                "median_rank": None, "top10pct_rate": None, "rescored": False}
     labels = [str(r["emotion"]) for r in cand]
     scored = all(isinstance(r.get(RANK_KEY), int) for r in cand)
     if scored:

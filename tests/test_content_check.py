@@ -78,8 +78,7 @@ def test_ranks_centre_each_emotion_and_keep_the_best_per_emotion():
 def test_bad_fractions_and_empty_corpora_are_one_line_errors(lm, tmp_path):
     with pytest.raises(EmovecError, match=r"content check fraction must be in \(0, 1\]"):
         apply_content_check(lm, tmp_path, ["calm"], 0.0)
-    with pytest.raises(EmovecError, match="no kept stories to check"):
-        apply_content_check(lm, tmp_path, ["calm"], 0.5)
+    assert apply_content_check(lm, tmp_path, ["calm"], 0.5)["checked"] == 0  # no stories: nothing to check
     res = CliRunner().invoke(main, ["run", str(tmp_path / "r"), "--content-check", "1.5"])
     assert res.exit_code == 2 and "1.5 is not in the range" in res.output
     open_run(tmp_path / "r2", make_config(content_check=0.5))
@@ -87,3 +86,46 @@ def test_bad_fractions_and_empty_corpora_are_one_line_errors(lm, tmp_path):
     (tmp_path / "r2" / "run.json").write_text(json.dumps({**stored, "content_check": "half"}))
     with pytest.raises(EmovecError, match="content_check='half' is not a share of the emotions"):
         open_run(tmp_path / "r2")
+
+
+def test_a_checked_run_builds_vectors_and_its_scaling_curve_reaches_past_two(checked_run, lm, tmp_path):
+    """The check keeps some emotions at 2 stories on purpose; the curve then covers the half that reach more."""
+    from emovec.pipeline import stage_extract
+    from emovec.validate.runner import run_analyses
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(checked_run[0], run_dir)
+    cfg = open_run(run_dir)
+    vectors = stage_extract(run_dir, cfg, lm, progress=False)
+    kept = {e: sum(r["kept"] for r in read_jsonl(run_dir / "stories.jsonl") if r["emotion"] == e) for e in SMALL_EMOTIONS}
+    assert sorted(vectors.emotions) == sorted(SMALL_EMOTIONS)
+    scaling = run_analyses(run_dir, lm, only=["scaling"])["scaling"]
+    counts = sorted(kept.values(), reverse=True)
+    assert max(scaling["ks"]) == counts[2]  # the largest k half of the six emotions reach (90% would give the minimum)
+    assert scaling["n_emotions"] == sum(c >= counts[2] for c in counts)
+
+
+def test_results_record_each_emotions_steering_at_the_first_layer():
+    from emovec.report.results import per_emotion_steering, per_emotion_text
+
+    fit = {"slope": 1.5, "ci95": [1.0, 2.0], "p": 1e-4, "n": 36}
+    steering = {"settings": {"layers": [20, 15]}, "curves": [
+        {"emotion": "happy", "layer": 20, "expected": 1, "fit": fit, "as_expected": True, "monotonic": True},
+        {"emotion": "sad", "layer": 20, "expected": -1, "fit": fit, "as_expected": False, "monotonic": False},
+        {"emotion": "happy", "layer": 15, "expected": 1, "fit": fit, "as_expected": True, "monotonic": True}]}
+    per = per_emotion_steering(steering)
+    assert per is not None and per["layer"] == 20 and [r["emotion"] for r in per["rows"]] == ["happy", "sad"]
+    text = per_emotion_text(per)
+    assert "happy +1.50 [+1.00, +2.00], p = 0.0001" in text
+    assert "the expected way: 1 of 2, monotonic over the fluent range: 1 of 2" in text
+    assert per_emotion_steering({"settings": {"layers": [20]}, "curves": []}) is None
+
+
+def test_a_base_model_is_asked_in_plain_text(plain_model_dir, lm):
+    from emovec import load_model
+    from emovec.content_check import emotion_logprobs, question
+
+    base = load_model(str(plain_model_dir))
+    assert question(base, "the cat sat").endswith("what emotion does the main character feel?\n\nThe main character feels")
+    assert question(lm, "the cat sat").startswith("<|im_start|>")
+    assert emotion_logprobs(base, ["the cat sat on the mat"], ["calm", "sad"]).shape == (1, 2)

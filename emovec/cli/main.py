@@ -194,7 +194,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         click.echo(f"stories and neutral dialogues written by {s['writer']}")
     click.echo(f"stories: {st['kept']} kept of {st['written']} written (filter dropped {st['drop_rate']:.1%}: {st['dropped']}), "
                f"{st['kept_per_emotion_min']}-{st['kept_per_emotion_max']} per emotion")
-    if c.get("content_check"):
+    if (c.get("content_check") or {}).get("checked"):
         cc = c["content_check"]
         click.echo(f"content check: {cc['kept']} of {cc['checked']} stories read as their emotion (its rank within the "
                    f"top {cc['fraction']:.0%} of the emotions, or among its {cc['min_keep']} best); median rank "
