@@ -18,7 +18,6 @@ not independent of the check; the lexical baseline and the steering judge are.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -27,9 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .activations import length_sorted_batches
 from .corpus import STORIES_FILE, prompts
 from .models import LanguageModel
-from .storage import EmovecError, read_jsonl, write_text
+from .storage import EmovecError, read_jsonl, write_jsonl
 
 DROP_REASON = "misses_emotion"
 RANK_KEY = "content_rank"
@@ -70,11 +70,9 @@ def emotion_logprobs(lm: LanguageModel, texts: Sequence[str], emotions: Sequence
     head = model.get_output_embeddings()
     prompts_ = [question(lm, t) for t in texts]
     lengths = [len(x) for x in lm.tokenizer(prompts_, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     out = np.zeros((len(texts), len(emotions)), dtype=np.float32)
     bar = tqdm(total=len(texts), desc="content check", unit="story", disable=not progress)
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
+    for idx in length_sorted_batches(lengths, batch_size):
         enc = lm.tokenizer([prompts_[i] for i in idx], return_tensors="pt", padding=True, padding_side="right",
                            add_special_tokens=False)
         enc = {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
@@ -142,7 +140,7 @@ def apply_content_check(lm: LanguageModel, run_dir: str | Path, emotions: Sequen
     for r, rank, k in zip(cand, ranks, keep):
         r[RANK_KEY] = int(rank)
         r["kept"], r["reason"] = bool(k), None if k else DROP_REASON
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl(path, rows)
     top = ranks < 0.1 * len(emotions)
     return {"checked": len(cand), "kept": int(keep.sum()), "dropped": int((~keep).sum()), "fraction": fraction,
             "min_keep": min_keep, "median_rank": float(np.median(ranks)), "top10pct_rate": round(float(top.mean()), 4),

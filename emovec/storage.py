@@ -104,6 +104,16 @@ def read_json(path: str | Path) -> Any:
         raise EmovecError(f"{path}: not valid UTF-8 JSON ({why}); delete it and re-run the stage that writes it") from None
 
 
+def jsonl_text(rows: Iterable[dict[str, Any]]) -> str:
+    """Rows as JSONL text: one UTF-8 JSON object per line, each line ending in a newline."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Replace a JSONL file with `rows`, atomically (a failed write leaves the old file as it was)."""
+    write_text(path, jsonl_text(rows))
+
+
 def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     """Append rows as one write of whole lines, then fsync.
 
@@ -111,7 +121,7 @@ def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     `read_jsonl` drops and `repair_jsonl` truncates before the next append; a write
     that fails (disk full) is truncated back at once and raises a one-line EmovecError.
     """
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    data = jsonl_text(rows)
     if not data:
         return
     path = Path(path)
