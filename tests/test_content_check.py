@@ -118,7 +118,14 @@ def test_results_record_each_emotions_steering_at_the_first_layer():
     text = per_emotion_text(per)
     assert "happy +1.50 [+1.00, +2.00], p = 0.0001" in text
     assert "the expected way: 1 of 2, monotonic over the fluent range: 1 of 2" in text
+    assert "Page" not in text  # results from before the trend test read as they did
     assert per_emotion_steering({"settings": {"layers": [20]}, "curves": []}) is None
+    steps = [{"from": 0.0, "to": 0.1, "change": 0.2, "p": 0.01}, {"from": 0.1, "to": 0.2, "change": -0.031, "p": 0.68}]
+    for c in steering["curves"]:
+        c.update(trend={"p": 0.001 if c["emotion"] == "happy" else 0.2}, steps=steps)
+    text = per_emotion_text(per_emotion_steering(steering))
+    assert "(happy +0.1 to +0.2: 0.03 the wrong way, paired p = 0.68; sad +0.1 to +0.2" in text
+    assert text.endswith("ordered trend the expected way (Page's L test, paired by prompt, p < 0.05): 1 of 2")
 
 
 def test_a_base_model_is_asked_in_plain_text(plain_model_dir, lm):

@@ -1,14 +1,27 @@
 """Steering efficacy on the small vectors with a tiny configuration: the result's shape, strength 0 is exactly
-unsteered generation, perplexity and repetition are computed, and the external judge scores plain sentences sanely."""
+unsteered generation, perplexity and repetition are computed, the external judge scores plain sentences sanely, and
+the monotonicity tests (Page's trend test and paired steps) tell a dip within noise from a real reversal."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from emovec.generation import Sampling
-from emovec.validate.steering import Arm, SteeringConfig, generate_arms, judge, repetition_rate, steering_efficacy, steering_prompts
+from emovec.validate.steering import (
+    Arm,
+    SteeringConfig,
+    analyse_samples,
+    generate_arms,
+    judge,
+    ordered_trend,
+    repetition_rate,
+    steering_efficacy,
+    steering_prompts,
+    step_tests,
+)
 
 LAYER = 20
 TINY = SteeringConfig(emotions=("happy", "sad"), layer_emotions=(), strengths=(-0.2, 0.0, 0.2), layers=(LAYER,),
@@ -41,6 +54,10 @@ def test_result_shape(result):
         assert c["expected"] == {"happy": 1, "sad": -1}[c["emotion"]]
         lo, hi = c["useful_range"]
         assert lo <= 0 <= hi and c["fit"]["n"] == 4 * len([p for p in c["points"] if lo <= p["strength"] <= hi])
+        levels = c["useful_range"][1] - c["useful_range"][0]
+        n_levels = round(levels / 0.2) + 1  # the TINY strengths are 0.2 apart
+        assert c["trend"]["n_prompts"] == 4 and c["trend"]["n_levels"] == n_levels and len(c["steps"]) == n_levels - 1
+        assert all(st["n"] == 4 for st in c["steps"])
     assert [(r["layer"], r["strength"]) for r in result["separations"]] == [(LAYER, 0.2)]
     assert result["separations"][0]["n_a"] == result["separations"][0]["n_b"] == 4
     assert isinstance(result["headline"]["text"], str) and "timing" in result
@@ -74,3 +91,42 @@ def test_strength_zero_is_unsteered_generation(lm, small_vectors):
     steered = texts([Arm(None, 0.0, None), Arm("happy", 0.5, LAYER)])
     assert steered[0] == plain[0]  # steering one arm leaves the other rows of the batch exactly unsteered
     assert steered[1] != plain[1]
+
+
+def test_the_trend_test_is_paired_by_prompt_and_reads_the_order():
+    rng = np.random.default_rng(0)
+    prompts = rng.normal(0, 1.0, size=(30, 1))  # prompt effects far larger than the steps between levels
+    rising = prompts + np.array([0.0, 0.1, 0.2, 0.3]) + rng.normal(0, 0.05, size=(30, 4))
+    up = ordered_trend(rising)
+    assert up["test"] == "page" and up["n_prompts"] == 30 and up["n_levels"] == 4 and up["p"] < 1e-6
+    assert ordered_trend(rising[:, ::-1])["p"] > 0.5  # the same data read against the opposite prediction
+    assert ordered_trend(np.zeros((30, 4)))["p"] is None  # nothing varies: no test
+    assert ordered_trend(rising[:, :2])["test"] == "wilcoxon" and ordered_trend(rising[:, :2])["p"] < 1e-3
+    dip = rising.copy()
+    dip[:, 3] = dip[:, 2] - 0.01 + rng.normal(0, 0.05, size=30)  # a last step slightly the wrong way, within noise
+    steps = step_tests(dip, [0.0, 0.1, 0.2, 0.3])
+    assert [(st["from"], st["to"]) for st in steps] == [(0.0, 0.1), (0.1, 0.2), (0.2, 0.3)]
+    assert steps[0]["change"] > 0 and steps[0]["p"] < 1e-3 and steps[2]["change"] < 0 and steps[2]["p"] > 0.05
+
+
+def test_a_dip_within_noise_is_not_a_wrong_way_step_but_a_real_reversal_is():
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 0.3, size=24)
+    strengths = (-0.2, -0.1, 0.0, 0.1, 0.2)
+    settings = {"emotions": ["happy", "sad"], "layer_emotions": [], "layers": [LAYER], "strengths": list(strengths)}
+    shift = {"happy": {-0.2: -0.40, -0.1: -0.41, 0.1: 0.2, 0.2: 0.4},  # -0.2 to -0.1: 0.01 the wrong way
+             "sad": {-0.2: 0.4, -0.1: 0.2, 0.1: 0.3, 0.2: -0.4}}  # 0.1: far up where it should fall
+    def noise(j: int) -> float:  # varies between prompts and strengths, averages exactly 0 over the 24 prompts
+        return 0.05 * (-1) ** j * (1 + j % 3)
+
+    samples = [{"emotion": None, "layer": None, "strength": 0.0, "prompt": i, "sample": 0, "text": "a reply",
+                "judge": float(b), "nll": 1.0, "repetition": 0.0, "readouts": {}} for i, b in enumerate(base)]
+    for e, by in shift.items():
+        samples += [{"emotion": e, "layer": LAYER, "strength": s, "prompt": i, "sample": 0, "text": "a reply",
+                     "judge": float(b + d + noise(i + k)), "nll": 1.0, "repetition": 0.0, "readouts": {}}
+                    for k, (s, d) in enumerate(by.items()) for i, b in enumerate(base)]
+    curves = {c["emotion"]: c for c in analyse_samples(samples, settings, LAYER)["curves"]}
+    happy, sad = curves["happy"], curves["sad"]
+    assert not happy["monotonic"] and happy["trend"]["p"] < 1e-6 and happy["wrong_way_steps"] == []
+    assert [(st["from"], st["to"]) for st in happy["steps"] if st["change"] < 0] == [(-0.2, -0.1)]
+    assert not sad["monotonic"] and [(st["from"], st["to"]) for st in sad["wrong_way_steps"]] == [(0.1, 0.0)]

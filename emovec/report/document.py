@@ -19,7 +19,7 @@ from ..vectors import EmotionVectors
 from .experiment_sections import EXPERIMENT_SECTIONS
 from .figures import fig_cosine, fig_implicit, fig_layer_sweep, fig_pca, fig_scaling, fig_severity, fig_steering
 from .html import CSS, esc, fmt, img, section, table
-from .results import holdout_text, per_emotion_steering, per_emotion_text
+from .results import holdout_text, per_emotion_steering, per_emotion_text, steering_counts
 
 
 def _summary_html(run_dir: Path, vecs: EmotionVectors, rec: dict[str, Any] | None) -> str:
@@ -183,7 +183,8 @@ def _steering_html(st: dict[str, Any]) -> str:
     yes = {True: "yes", False: "no", None: "n/a"}
     curves = [[c["emotion"], c["layer"], way.get(c["expected"], "?"), f"{c['useful_range'][0]:+g}..{c['useful_range'][1]:+g}",
                _ci(c["fit"]["slope"], c["fit"]["ci95"]), fmt(c["fit"]["p"], ".2g"), fmt(c["fit"]["rho"]),
-               fmt(c["readout_fit"]["slope"], "+.1f"), yes[c["as_expected"]], yes[c["monotonic"]]] for c in st["curves"]]
+               fmt(c["readout_fit"]["slope"], "+.1f"), yes[c["as_expected"]], yes[c["monotonic"]],
+               fmt((c.get("trend") or {}).get("p"), ".2g")] for c in st["curves"]]
     seps = [[r["layer"], f"+{r['strength']:g}", _ci(r["diff"], r["ci95"]), fmt(r["t"]), fmt(r["p"], ".2g"),
              f"{r['n_a']}/{r['n_b']}", yes[r["fluent"]]] for r in st["separations"]]
     first = next((x for x in st["samples"] if x["emotion"] is None), None)
@@ -208,7 +209,8 @@ def _steering_html(st: dict[str, Any]) -> str:
             f"fluent up to {fmt(rec.get('pair_strength'))}, where they are compared ({esc(rec['why'])}).</p>"
             + img(fig_steering(st), "steering dose-response")
             + table(["emotion", "layer", "expected", "fluent range", "slope of VADER per unit strength [95% CI]", "p",
-                     "Spearman rho", "readout slope", "as expected (p < 0.05)", "monotonic"], curves)
+                     "Spearman rho", "readout slope", "as expected (p < 0.05)", "monotonic means",
+                     "ordered trend p (Page, paired by prompt)"], curves)
             + "<p>Happy minus sad at the same positive strength (Welch t-test):</p>"
             + table(["layer", "strength", "VADER difference [95% CI]", "t", "p", "n happy/sad", "fluent"], seps)
             + "<p>Example replies (first prompt, first sample):</p>" + table(["arm", "VADER", "reply"], examples))
@@ -283,10 +285,10 @@ def _headline_html(vecs: EmotionVectors, rec: dict[str, Any] | None, res: dict[s
                      _verdict(h.get("diff"), h.get("p_adjusted"))])
         per = per_emotion_steering(st)
         if per:
-            hits = sum(bool(r["as_expected"]) for r in per["rows"])
+            k = steering_counts(per)
             rows.append([f"steering per emotion, layer {per['layer']} (VADER slope per unit strength)",
                          "each emotion moves behaviour its own way", per_emotion_text(per),
-                         "reproduced" if hits == len(per["rows"]) else f"{hits} of {len(per['rows'])}"])
+                         "reproduced" if k["as_expected"] == k["n"] else f"{k['as_expected']} of {k['n']}"])
     if not rows:
         return "<p class='note'>No analyses saved yet.</p>"
     return (table(["check", "paper", "this run", "verdict"], rows)

@@ -120,22 +120,46 @@ def per_emotion_steering(steering: dict[str, Any]) -> dict[str, Any] | None:
     curves = [c for c in steering.get("curves", []) if layers and c.get("layer") == layers[0] and c.get("fit")]
     if not curves:
         return None
-    return {"layer": layers[0], "rows": [{"emotion": c["emotion"], "expected": c.get("expected"),
-                                          "slope": round(c["fit"]["slope"], 3),
-                                          "ci95": [round(x, 3) for x in c["fit"]["ci95"]], "p": c["fit"]["p"],
-                                          "n": c["fit"]["n"], "as_expected": c.get("as_expected"),
-                                          "monotonic": c.get("monotonic")} for c in curves]}
+    rows = []
+    for c in curves:
+        row = {"emotion": c["emotion"], "expected": c.get("expected"), "slope": round(c["fit"]["slope"], 3),
+               "ci95": [round(x, 3) for x in c["fit"]["ci95"]], "p": c["fit"]["p"], "n": c["fit"]["n"],
+               "as_expected": c.get("as_expected"), "monotonic": c.get("monotonic")}
+        if c.get("trend"):  # results of analyses before the paired trend test have none
+            row.update(trend_p=c["trend"]["p"], reversals=[
+                {"from": st["from"], "to": st["to"], "change": round(st["change"], 3), "p": st["p"]}
+                for st in c["steps"] if st["change"] < 0])
+        rows.append(row)
+    return {"layer": layers[0], "rows": rows}
+
+
+def steering_counts(per: dict[str, Any]) -> dict[str, int | None]:
+    """How many of `per_emotion_steering`'s emotions moved the judge the expected way, monotonically, with a trend.
+
+    `trend` (Page's test p < 0.05) is None for results made before the trend test existed.
+    """
+    rows = per["rows"]
+    with_trend = all("trend_p" in r for r in rows)
+    return {"n": len(rows), "as_expected": sum(bool(r["as_expected"]) for r in rows),
+            "monotonic": sum(bool(r["monotonic"]) for r in rows),
+            "trend": sum(r["trend_p"] is not None and r["trend_p"] < 0.05 for r in rows) if with_trend else None}
 
 
 def per_emotion_text(per: dict[str, Any]) -> str:
-    """One line: each emotion's slope with interval and p, and how many moved VADER the expected way."""
+    """One line: each emotion's slope with interval and p, and how many moved VADER the expected way (and how)."""
     rows = per["rows"]
     parts = [f"{r['emotion']} {r['slope']:+.2f} [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}], p = {r['p']:.1g}"
              for r in rows]
-    hits, mono = sum(bool(r["as_expected"]) for r in rows), sum(bool(r["monotonic"]) for r in rows)
+    k = steering_counts(per)
     n = sorted(r["n"] for r in rows)
-    return (f"{'; '.join(parts)} (n = {n[0]}-{n[-1]} replies each); the expected way: {hits} of {len(rows)}, "
-            f"monotonic over the fluent range: {mono} of {len(rows)}")
+    text = (f"{'; '.join(parts)} (n = {n[0]}-{n[-1]} replies each); the expected way: {k['as_expected']} of {k['n']}, "
+            f"monotonic over the fluent range: {k['monotonic']} of {k['n']}")
+    if k["trend"] is None:
+        return text
+    steps = [f"{r['emotion']} {st['from']:+g} to {st['to']:+g}: {-st['change']:.2f} the wrong way, paired "
+             f"p = {_f(st['p'], '.2g')}" for r in rows for st in r["reversals"]]
+    return (f"{text}{' (' + '; '.join(steps) + ')' if steps else ''}; ordered trend the expected way (Page's L test, "
+            f"paired by prompt, p < 0.05): {k['trend']} of {k['n']}")
 
 
 def _means(scaling: dict[str, Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -182,7 +182,10 @@ def summarize(name: str, r: dict[str, Any]) -> str:
         judged = [c for c in r["curves"] if c["as_expected"] is not None]
         return (f"steering judged from outside ({r['n_samples']} replies, {r['n_arms']} arms): {r['headline']['text']}; "
                 f"judge moved as expected (slope p < 0.05) in {sum(c['as_expected'] for c in judged)} of {len(judged)} "
-                f"emotion x layer curves, monotonic over the fluent range in {sum(c['monotonic'] for c in r['curves'])}; "
+                f"emotion x layer curves, monotonic over the fluent range in {sum(c['monotonic'] for c in r['curves'])}"
+                + (f", with an ordered trend the expected way (Page's test paired by prompt, p < 0.05) in "
+                   f"{sum((c['trend']['p'] or 1) < 0.05 for c in r['curves'])}" if all("trend" in c for c in r["curves"]) else "")
+                + "; "
                 f"recommended layer {rec['layer']}, strength {_fmt(rec['strength'])} (fluent for every emotion steered there: "
                 f"{rec['range']}; happy and sad up to {_fmt(rec.get('pair_strength'))})")
     if name == "compare":

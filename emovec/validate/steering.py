@@ -284,6 +284,48 @@ def ols_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     return out
 
 
+def ordered_trend(table: np.ndarray) -> dict[str, Any]:
+    """Is there a trend up the columns of `table` [blocks, levels] (levels in their predicted order)?
+
+    Each row is one prompt's replies across the levels, so the test is paired by prompt:
+    Page's L test for 3+ levels (ranks within each prompt, one-sided for the predicted
+    order), the one-sided Wilcoxon signed-rank test for 2. p is None where it cannot be computed.
+    """
+    from scipy.stats import page_trend_test, wilcoxon
+
+    m, n = table.shape if table.ndim == 2 else (0, 0)
+    out: dict[str, Any] = {"test": "page" if n >= 3 else "wilcoxon", "statistic": None, "p": None,
+                           "n_prompts": int(m), "n_levels": int(n)}
+    if m < 2 or n < 2 or not np.any(table != table[:, :1]):
+        return out
+    if n >= 3:
+        res = page_trend_test(table)
+    else:
+        res = wilcoxon(table[:, 1] - table[:, 0], alternative="greater")
+    out.update(statistic=float(res.statistic), p=float(res.pvalue))
+    return out
+
+
+def step_tests(table: np.ndarray, levels: Sequence[float]) -> list[dict[str, Any]]:
+    """Each adjacent step of `table` [blocks, levels]: paired mean change along the predicted order, paired t p."""
+    from scipy.stats import ttest_rel
+
+    out = []
+    for j in range(table.shape[1] - 1):
+        a, b = table[:, j], table[:, j + 1]
+        p = float(ttest_rel(b, a).pvalue) if len(a) >= 2 and np.any(a != b) else None
+        out.append({"from": float(levels[j]), "to": float(levels[j + 1]), "change": float(np.mean(b - a)),
+                    "p": p, "n": int(len(a))})
+    return out
+
+
+def _paired_table(by_strength: dict[float, list[dict[str, Any]]], strengths: Sequence[float]) -> np.ndarray:
+    """Judge scores [prompt x sample, strength] for the replies present at every one of `strengths`."""
+    cells = [{(r["prompt"], r["sample"]): r["judge"] for r in by_strength[s]} for s in strengths]
+    keys = sorted(set.intersection(*(set(c) for c in cells))) if cells else []
+    return np.array([[c[k] for c in cells] for k in keys], dtype=float).reshape(len(keys), len(cells))
+
+
 # --- the analysis ---------------------------------------------------------------------------------
 
 def _arms(cfg: SteeringConfig, emotions: list[str], layer_emotions: list[str], layers: list[int]) -> list[Arm]:
@@ -338,13 +380,18 @@ def _curve(emotion: str, layer: int, samples: list[dict[str, Any]], base_rows: l
     expected = EXPECTED.get(emotion)
     sign = expected if expected is not None else (np.sign(fit["slope"]) if fit["slope"] else 0)
     means = [p["judge"]["mean"] for p in points if p["strength"] in useful]
+    order = sorted(useful, reverse=sign < 0)  # the fluent strengths in the order the judge should rise
+    table = _paired_table(by_strength, order)
+    steps = step_tests(table, order)
     return {"emotion": emotion, "layer": layer, "expected": expected, "points": points,
             "useful_range": [min(useful), max(useful)], "fit": fit,
             "fit_positive": ols_fit([r["strength"] for r in pos], [r["judge"] for r in pos]),
             "readout_fit": ols_fit([r["strength"] for r in inside if r["readout"] is not None],
                                    [r["readout"] for r in inside if r["readout"] is not None]),
             "as_expected": None if expected is None or fit["slope"] is None else bool(fit["slope"] * expected > 0 and fit["p"] < 0.05),
-            "monotonic": len(means) > 1 and all(sign * (b - a) >= 0 for a, b in zip(means, means[1:]))}
+            "monotonic": len(means) > 1 and all(sign * (b - a) >= 0 for a, b in zip(means, means[1:])),
+            "trend": ordered_trend(table), "steps": steps,
+            "wrong_way_steps": [st for st in steps if st["change"] < 0 and st["p"] is not None and st["p"] < 0.05]}
 
 
 def _separations(curves: list[dict[str, Any]], samples: list[dict[str, Any]], strengths: Sequence[float]) -> list[dict[str, Any]]:
@@ -436,8 +483,10 @@ def steering_efficacy(lm: LanguageModel, vectors: EmotionVectors, config: Steeri
 
     Returns settings, the unsteered baseline, one curve per (emotion, layer) with its
     points (judge / readout mean and 95% CI, fluency), useful range, OLS fit of judge
-    on strength over that range (slope, CI, p, Spearman rho) and direction /
-    monotonicity verdicts; the happy-vs-sad separations, the headline one at the
+    on strength over that range (slope, CI, p, Spearman rho), direction and
+    monotonicity verdicts (the means' order; Page's trend test and a paired t-test
+    per step, both paired by prompt, so noise between strengths is not read as a
+    reversal); the happy-vs-sad separations, the headline one at the
     recommended layer and strength, the recommendation, every sample and timings.
     """
     vectors.check_model(lm)
