@@ -49,7 +49,7 @@ def _scaling(run_dir: Path, vecs: EmotionVectors) -> dict[str, Any]:
     sweep_file = analyses_dir(run_dir) / "layer-sweep.json"
     sweep = read_json(sweep_file) if sweep_file.exists() else an.layer_sweep(vecs)
     why = "best PC1-valence layer of the layer sweep (chosen on the human norms: not held out)"
-    share = scl.CHECKED_MIN_SHARE if open_run(run_dir, write=False).content_check else 0.9
+    share = scl.CHECKED_MIN_SHARE if open_run(run_dir, write=False).content_check else scl.MIN_SHARE
     return scl.scaling_analysis(stories, neutral, vecs, {why: sweep.get("best_valence_layer")}, min_share=share)
 
 

@@ -33,7 +33,11 @@ def default_ks(max_k: int) -> list[int]:
     return [k for k in _STEPS if k < max_k] + ([max_k] if max_k >= 2 else [])
 
 
-def common_k(counts: Sequence[int], min_share: float = 0.9) -> int:
+# The share of emotions that must reach the largest k drawn (one starved emotion must not cap the whole curve).
+MIN_SHARE = 0.9
+
+
+def common_k(counts: Sequence[int], min_share: float = MIN_SHARE) -> int:
     """The largest k that at least `min_share` of the emotions reach (stories per emotion).
 
     One emotion the filter starved (e.g. 2 stories left) would otherwise cap the whole
@@ -107,7 +111,7 @@ def sizes_and_emotions(labels: Sequence[str], emotions: Sequence[str], ks: Seque
 def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None, emotions: Sequence[str],
                    layer: int, ks: Sequence[int] | None = None, seeds: int = 5, folds: int = 5,
                    denoise_fraction: float = 0.5, norms: pd.DataFrame | None = None,
-                   min_share: float = 0.9) -> dict[str, Any]:
+                   min_share: float = MIN_SHARE) -> dict[str, Any]:
     """Recognition, split-half agreement and valence/arousal correlations against k stories per emotion.
 
     Only emotions with at least `max(ks)` stories take part (by default the largest k
@@ -166,7 +170,7 @@ def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None
 def scaling_analysis(stories: CorpusActivations, neutral: CorpusActivations | None, vectors: EmotionVectors,
                      extra_layers: dict[str, int | None] | None = None, seeds: int = 5, folds: int = 5,
                      ks: Sequence[int] | None = None, norms: pd.DataFrame | None = None,
-                     min_share: float = 0.9) -> dict[str, Any]:
+                     min_share: float = MIN_SHARE) -> dict[str, Any]:
     """`corpus_scaling` at the vectors' default layer, and at each of `extra_layers` ({why: layer}) the stories kept.
 
     The vectors give the emotions and the denoising fraction. Returns the default layer's
