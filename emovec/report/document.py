@@ -19,7 +19,7 @@ from ..vectors import EmotionVectors
 from .experiment_sections import EXPERIMENT_SECTIONS
 from .figures import fig_cosine, fig_implicit, fig_layer_sweep, fig_pca, fig_scaling, fig_severity, fig_steering
 from .html import CSS, esc, fmt, img, section, table
-from .results import holdout_text, per_emotion_steering, per_emotion_text, steering_counts
+from .results import emotion_words_text, holdout_text, per_emotion_steering, per_emotion_text, steering_counts
 
 
 def _summary_html(run_dir: Path, vecs: EmotionVectors, rec: dict[str, Any] | None) -> str:
@@ -176,6 +176,31 @@ def _ci(value: float | None, ci: list[float] | None) -> str:
     return fmt(value, "+.2f") + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
 
 
+def _emotion_words_html(words: dict[str, Any] | None) -> str:
+    """The emotion-words judge: each steered emotion's slope per EmoLex category, and the own-category verdicts."""
+    if not words:
+        return ""
+    cats = words["categories"]
+    grid = [[e] + [fmt(100 * v if v is not None else None, "+.1f") for v in (slopes[c] for c in cats)]
+            for e, slopes in words["slopes"].items()]
+    yes = {True: "yes", False: "no", None: "n/a"}
+    own = [[r["emotion"], r["category"], _ci(_pts(r["slope"]), [100 * x for x in r["ci95"]] if r["ci95"] else None),
+            fmt(r["p"], ".2g"), yes[r["rises"]], f"{r['rival']} {fmt(_pts(r['rival_slope']), '+.1f')}" if r["rival"] else "n/a",
+            fmt(r["gap_p"], ".2g"), yes[r["specific"]]] for r in words["own"]]
+    return (f"<p><b>Each emotion's own words</b> (layer {words['layer']}; judge: {esc(words['judge'])}): the slope of "
+            "each category's share of the reply's words per unit strength over the emotion's fluent range, in "
+            "percentage points. VADER sees valence only; this shows whether a vector moves its own emotion's words "
+            "or only makes text pleasant or unpleasant.</p>"
+            + table(["emotion"] + cats, grid)
+            + table(["emotion", "own category", "slope [95% CI]", "p", "rises (p < 0.05)", "steepest other emotion",
+                     "gap p", "specific"], own))
+
+
+def _pts(x: float | None) -> float | None:
+    """A share of words as percentage points (None stays None)."""
+    return None if x is None else 100 * x
+
+
 def _steering_html(st: dict[str, Any]) -> str:
     cfg, rec, head = st["settings"], st["recommended"], st["headline"]
     base = st["unsteered"]
@@ -211,6 +236,7 @@ def _steering_html(st: dict[str, Any]) -> str:
             + table(["emotion", "layer", "expected", "fluent range", "slope of VADER per unit strength [95% CI]", "p",
                      "Spearman rho", "readout slope", "as expected (p < 0.05)", "monotonic means",
                      "ordered trend p (Page, paired by prompt)"], curves)
+            + _emotion_words_html(st.get("emotion_words"))
             + "<p>Happy minus sad at the same positive strength (Welch t-test):</p>"
             + table(["layer", "strength", "VADER difference [95% CI]", "t", "p", "n happy/sad", "fluent"], seps)
             + "<p>Example replies (first prompt, first sample):</p>" + table(["arm", "VADER", "reply"], examples))
@@ -289,6 +315,11 @@ def _headline_html(vecs: EmotionVectors, rec: dict[str, Any] | None, res: dict[s
             rows.append([f"steering per emotion, layer {per['layer']} (VADER slope per unit strength)",
                          "each emotion moves behaviour its own way", per_emotion_text(per),
                          "reproduced" if k["as_expected"] == k["n"] else f"{k['as_expected']} of {k['n']}"])
+        words = st.get("emotion_words")
+        if words and words["n_own"]:
+            rows.append([f"steering, each emotion's own words (NRC EmoLex), layer {words['layer']}",
+                         "emotion-specific behaviour", emotion_words_text(words),
+                         f"specific for {words['n_specific']} of {words['n_own']}"])
     if not rows:
         return "<p class='note'>No analyses saved yet.</p>"
     return (table(["check", "paper", "this run", "verdict"], rows)

@@ -111,6 +111,12 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
         out["steering"] = {"text": head.get("text"), "diff": head.get("diff"), "ci95": head.get("ci95"),
                            "p": head.get("p"), "p_adjusted": head.get("p_adjusted"),
                            "recommended": steering.get("recommended"), "per_emotion": per_emotion_steering(steering)}
+        if steering.get("emotion_words"):
+            words = steering["emotion_words"]
+            out["steering"]["emotion_words"] = {k: words[k] for k in ("layer", "judge", "n_rises", "n_specific", "n_own")}
+            out["steering"]["emotion_words"]["own"] = [
+                {k: row[k] for k in ("emotion", "category", "slope", "ci95", "p", "n", "rises", "rival", "rival_slope",
+                                     "gap", "gap_p", "specific")} for row in words["own"]]
     return out
 
 
@@ -160,6 +166,22 @@ def per_emotion_text(per: dict[str, Any]) -> str:
              f"p = {_f(st['p'], '.2g')}" for r in rows for st in r["reversals"]]
     return (f"{text}{' (' + '; '.join(steps) + ')' if steps else ''}; ordered trend the expected way (Page's L test, "
             f"paired by prompt, p < 0.05): {k['trend']} of {k['n']}")
+
+
+def emotion_words_text(words: dict[str, Any]) -> str:
+    """One line: each steered emotion's own EmoLex words per unit strength, against the steepest other emotion's."""
+    def pts(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:+.1f}"
+
+    parts = []
+    for r in words["own"]:
+        ci = f" [{pts(r['ci95'][0])}, {pts(r['ci95'][1])}]" if r.get("ci95") else ""
+        rival = (f" (steepest other: {r['rival']} {pts(r['rival_slope'])}, gap {pts(r['gap'])}, p = "
+                 f"{_f(r['gap_p'], '.2g')})" if r.get("rival") else "")
+        parts.append(f"{r['emotion']}: {r['category']} words {pts(r['slope'])}{ci}, p = {_f(r['p'], '.2g')}{rival}")
+    return (f"{'; '.join(parts)} (percentage points of the reply's words per unit strength, fluent range); own words "
+            f"rise: {words['n_rises']} of {words['n_own']}, more steeply than under any other steered emotion "
+            f"(p < 0.05): {words['n_specific']} of {words['n_own']}")
 
 
 def _means(scaling: dict[str, Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -221,6 +243,9 @@ def lines(res: dict[str, Any]) -> list[str]:
         if st.get("per_emotion"):
             out.append(f"steering per emotion, layer {st['per_emotion']['layer']} (VADER per unit strength): "
                        f"{per_emotion_text(st['per_emotion'])}")
+        if st.get("emotion_words"):
+            out.append(f"steering, each emotion's own words (NRC EmoLex), layer {st['emotion_words']['layer']}: "
+                       f"{emotion_words_text(st['emotion_words'])}")
     m = res["machine"]
     out.append(f"machine: {m['cpu']} ({'+'.join(m['isa'] or []) or 'no vector extensions listed'}), writer dtype "
                f"{m['writer_dtype']}{_model_dtype(m)}; time {res.get('timings_s')}")
@@ -265,6 +290,9 @@ def markdown(res: dict[str, Any]) -> str:
         if st.get("per_emotion"):
             rows.append((f"steering per emotion, layer {st['per_emotion']['layer']} (VADER slope per unit strength, "
                          "fluent range)", per_emotion_text(st["per_emotion"]), "-"))
+        if st.get("emotion_words"):
+            rows.append((f"steering, each emotion's own words (NRC EmoLex word rates), layer {st['emotion_words']['layer']}",
+                         emotion_words_text(st["emotion_words"]), "emotion-specific behaviour"))
     m = res["machine"]
     head = (f"Run `{res['command']}` ({res['model']}) on {m['cpu']} ({'+'.join(m['isa'] or [])}), "
             f"torch {((m.get('versions') or {}).get('torch'))}, writer dtype {m['writer_dtype']}{_model_dtype(m)}, "

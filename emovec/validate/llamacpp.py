@@ -33,7 +33,8 @@ from ..models import LanguageModel
 from ..steering import SteeringVector
 from ..storage import EmovecError
 from ..vectors import EmotionVectors
-from .steering import judge, mean_ci, score_replies, steering_prompts
+from .stats import mean_ci
+from .steering import judge, score_replies, steering_prompts
 
 __all__ = ["emovec_logits", "llama_agreement", "llama_logits", "open_llama"]
 

@@ -185,6 +185,9 @@ def summarize(name: str, r: dict[str, Any]) -> str:
                 f"emotion x layer curves, monotonic over the fluent range in {sum(c['monotonic'] for c in r['curves'])}"
                 + (f", with an ordered trend the expected way (Page's test paired by prompt, p < 0.05) in "
                    f"{sum((c['trend']['p'] or 1) < 0.05 for c in r['curves'])}" if all("trend" in c for c in r["curves"]) else "")
+                + (f"; own emotion words (NRC EmoLex) rise for {r['emotion_words']['n_rises']} of "
+                   f"{r['emotion_words']['n_own']}, more steeply than under any other steered emotion for "
+                   f"{r['emotion_words']['n_specific']}" if r.get("emotion_words") else "")
                 + "; "
                 f"recommended layer {rec['layer']}, strength {_fmt(rec['strength'])} (fluent for every emotion steered there: "
                 f"{rec['range']}; happy and sad up to {_fmt(rec.get('pair_strength'))})")

