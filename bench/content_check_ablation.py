@@ -4,7 +4,8 @@ Takes a finished run made WITHOUT the content check whose per-story activations 
 quick preset keeps all), ranks its kept stories once with `emovec.content_check` (cached in OUT), and for each
 share builds the vectors from the stories that pass (reusing the run's activations, so no re-extraction), then
 reports the norm-free measures the share is chosen by (held-out recognition at layer 20, the six steering
-emotions' VADER slopes at layer 20) and, as an outcome, PC1 vs valence at a layer chosen on half the rated
+emotions' VADER slopes and trend tests at layer 20, and the emotion-words judge: whether each vector raises its own
+emotion's EmoLex words more than the others do) and, as an outcome, PC1 vs valence at a layer chosen on half the rated
 emotions. Usage, alone on the machine (on a 2-core AVX2 EPYC, float32: ranking 10 min, then ~4 min per share):
 
     .venv/bin/python bench/content_check_ablation.py runs/demo-prev-avx2 --fractions 1 0.5 0.35 0.25
@@ -86,7 +87,10 @@ def main() -> None:
                "valence_held_out_r": hold["held_out_r"] if hold else None,
                "valence_held_out_sd": hold["held_out_r_sd"] if hold else None,
                "steering_headline": steer["headline"]["text"] if steer.get("headline") else None,
-               "steering": {c["emotion"]: c["fit"] for c in steer["curves"]}}
+               "steering": {c["emotion"]: c["fit"] for c in steer["curves"]},
+               "trend_p": {c["emotion"]: c["trend"]["p"] for c in steer["curves"]},
+               "emotion_words": steer.get("emotion_words") and {
+                   k: steer["emotion_words"][k] for k in ("n_rises", "n_specific", "n_own", "own")}}
         with (out / "ablation.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, default=str) + "\n")
         print(json.dumps({k: row[k] for k in ("fraction", "kept", "six_kept", "valence_held_out_r")}), flush=True)

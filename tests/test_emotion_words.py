@@ -8,7 +8,7 @@ import gzip
 import numpy as np
 import pytest
 
-from emovec.validate.emotion_words import CATEGORIES, load_emolex, specificity, word_rates
+from emovec.validate.emotion_words import CATEGORIES, OWN_CATEGORY, load_emolex, specificity, word_rates
 from emovec.validate.steering import analyse_samples
 
 LAYER = 20
@@ -95,3 +95,10 @@ def test_the_steering_analysis_finds_a_specific_vector_in_replies(lexicon):
     assert own["angry"]["rises"] and own["angry"]["specific"] and own["angry"]["rival"] == "afraid"
     assert not own["afraid"]["rises"] and not own["afraid"]["specific"]
     assert words["slopes"]["afraid"]["joy"] < 0 < words["slopes"]["angry"]["anger"]
+
+
+def test_every_emotion_given_a_category_is_in_the_emotion_list():
+    from emovec.concepts import load_concepts
+
+    names = set(load_concepts())
+    assert set(OWN_CATEGORY) <= names and set(OWN_CATEGORY.values()) <= set(CATEGORIES)

