@@ -19,7 +19,7 @@ from ..vectors import EmotionVectors
 from .experiment_sections import EXPERIMENT_SECTIONS
 from .figures import fig_cosine, fig_implicit, fig_layer_sweep, fig_pca, fig_scaling, fig_severity, fig_steering
 from .html import CSS, esc, fmt, img, section, table
-from .results import emotion_words_text, holdout_text, per_emotion_steering, per_emotion_text, steering_counts
+from .results import emotion_words_text, holdout_text, per_emotion_steering, per_emotion_text, points, steering_counts
 
 
 def _summary_html(run_dir: Path, vecs: EmotionVectors, rec: dict[str, Any] | None) -> str:
@@ -181,11 +181,11 @@ def _emotion_words_html(words: dict[str, Any] | None) -> str:
     if not words:
         return ""
     cats = words["categories"]
-    grid = [[e] + [fmt(100 * v if v is not None else None, "+.1f") for v in (slopes[c] for c in cats)]
+    grid = [[e] + [fmt(points(slopes[c]), "+.1f") for c in cats]
             for e, slopes in words["slopes"].items()]
     yes = {True: "yes", False: "no", None: "n/a"}
-    own = [[r["emotion"], r["category"], _ci(_pts(r["slope"]), [100 * x for x in r["ci95"]] if r["ci95"] else None),
-            fmt(r["p"], ".2g"), yes[r["rises"]], f"{r['rival']} {fmt(_pts(r['rival_slope']), '+.1f')}" if r["rival"] else "n/a",
+    own = [[r["emotion"], r["category"], _ci(points(r["slope"]), [100 * x for x in r["ci95"]] if r["ci95"] else None),
+            fmt(r["p"], ".2g"), yes[r["rises"]], f"{r['rival']} {fmt(points(r['rival_slope']), '+.1f')}" if r["rival"] else "n/a",
             fmt(r["gap_p"], ".2g"), yes[r["specific"]]] for r in words["own"]]
     return (f"<p><b>Each emotion's own words</b> (layer {words['layer']}; judge: {esc(words['judge'])}): the slope of "
             "each category's share of the reply's words per unit strength over the emotion's fluent range, in "
@@ -194,11 +194,6 @@ def _emotion_words_html(words: dict[str, Any] | None) -> str:
             + table(["emotion"] + cats, grid)
             + table(["emotion", "own category", "slope [95% CI]", "p", "rises (p < 0.05)", "steepest other emotion",
                      "gap p", "specific"], own))
-
-
-def _pts(x: float | None) -> float | None:
-    """A share of words as percentage points (None stays None)."""
-    return None if x is None else 100 * x
 
 
 def _steering_html(st: dict[str, Any]) -> str:

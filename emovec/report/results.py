@@ -168,10 +168,15 @@ def per_emotion_text(per: dict[str, Any]) -> str:
             f"paired by prompt, p < 0.05): {k['trend']} of {k['n']}")
 
 
+def points(share: float | None) -> float | None:
+    """A share of words as percentage points (None stays None), the unit the emotion-words judge is shown in."""
+    return None if share is None else 100 * share
+
+
 def emotion_words_text(words: dict[str, Any]) -> str:
     """One line: each steered emotion's own EmoLex words per unit strength, against the steepest other emotion's."""
     def pts(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:+.1f}"
+        return _f(points(x), "+.1f")
 
     parts = []
     for r in words["own"]:

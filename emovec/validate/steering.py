@@ -306,9 +306,12 @@ def _curve(emotion: str, layer: int, samples: list[dict[str, Any]], base_rows: l
             "wrong_way_steps": [st for st in steps if st["change"] < 0 and st["p"] is not None and st["p"] < 0.05]}
 
 
-def _emotion_words(curves: list[dict[str, Any]], samples: list[dict[str, Any]],
+def _emotion_words(curves: list[dict[str, Any]], steered: dict[tuple[str, int], list[dict[str, Any]]],
                    base_rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The emotion-words judge at the curves' layer (`emotion_words.specificity`); None without the lexicon."""
+    """The emotion-words judge at the curves' layer (`emotion_words.specificity`); None without the lexicon.
+
+    `steered[(emotion, layer)]` are the replies of each steered arm, as the curves were built from.
+    """
     lexicon = load_emolex()
     if lexicon is None or not curves:
         return None
@@ -316,8 +319,7 @@ def _emotion_words(curves: list[dict[str, Any]], samples: list[dict[str, Any]],
     slopes = {}
     for c in curves:
         lo, hi = c["useful_range"]
-        inside = [r for r in base_rows + [r for r in samples if (r["emotion"], r["layer"]) == (c["emotion"], layer)]
-                  if lo <= r["strength"] <= hi]
+        inside = [r for r in base_rows + steered.get((c["emotion"], layer), []) if lo <= r["strength"] <= hi]
         rates = word_rates([r["text"] for r in inside], lexicon)
         slopes[c["emotion"]] = {cat: ols_fit([r["strength"] for r in inside], rates[:, k].tolist())
                                 for k, cat in enumerate(CATEGORIES)}
@@ -470,9 +472,13 @@ def analyse_samples(samples: list[dict[str, Any]], settings: dict[str, Any], def
     base = {"nll": float(np.mean(base_nll)) if base_nll else None,
             "repetition": float(np.mean([r["repetition"] for r in base_rows])),
             "empty": float(np.mean([not r["text"] for r in base_rows]))}
-    curves = [_curve(e, lay, [r for r in samples if r["emotion"] == e and r["layer"] == lay], base_rows, base, cfg)
+    steered: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in samples:
+        if r["emotion"] is not None:
+            steered.setdefault((r["emotion"], r["layer"]), []).append(r)
+    curves = [_curve(e, lay, steered.get((e, lay), []), base_rows, base, cfg)
               for lay in layers for e in (emotions if lay == layers[0] else layer_emotions)]
-    words = _emotion_words([c for c in curves if c["layer"] == layers[0]], samples, base_rows)
+    words = _emotion_words([c for c in curves if c["layer"] == layers[0]], steered, base_rows)
     seps = _separations(curves, samples, sorted({r["strength"] for r in samples}))
     rec = _recommend(curves, default_layer)
     gap = _slope_gap(curves, rec["layer"])
