@@ -103,7 +103,53 @@ class PooledBatch:
     norm_count: int
 
 
+@dataclass
+class EncodedPool:
+    """What `pool_encoded` reads from one batch: the pooled batch, each row's token-norm sums, the last hidden state."""
+
+    batch: PooledBatch
+    row_norms: dict[int, torch.Tensor]  # [batch] float64 per layer, only when asked for
+    last_hidden: torch.Tensor | None  # [batch, seq, d_model], only when the forward pass runs to the end
+
+
 @torch.inference_mode()
+def pool_encoded(lm: LanguageModel, enc: dict[str, torch.Tensor], text_mask: torch.Tensor, layers: Sequence[int],
+                 start: int = DEFAULT_START, to_end: bool = False, row_norms: bool = False) -> EncodedPool:
+    """Pool an encoded batch over each row's text positions (`text_mask`, a prefix of every row).
+
+    Positions after the text (e.g. a question appended to it) see the text but are not pooled, so the text's
+    pooled activations equal those of the text alone. With `to_end` the forward pass runs through the last
+    layer and its hidden state is returned; otherwise it stops after the deepest requested layer.
+    """
+    mask = pool_mask(text_mask, start)
+    weights = mask.to(torch.float32)
+    counts = weights.sum(1, keepdim=True).clamp(min=1)
+    sink_free = text_mask.bool().clone()
+    sink_free[:, 0] = False
+    pooled: dict[int, torch.Tensor] = {}
+    norm_sum: dict[int, float] = {}
+    rows: dict[int, torch.Tensor] = {}
+    last = max(layers) if layers else -1
+
+    def grab(idx: int, _m: nn.Module, _i: tuple[Any, ...], out: object) -> None:
+        h = hidden_of(out).to(torch.float32)
+        pooled[idx] = (torch.bmm(weights[:, None, :], h)[:, 0] / counts).cpu()  # no [batch, seq, d] temporary
+        norms = torch.linalg.vector_norm(h, dim=-1) * sink_free
+        norm_sum[idx] = float(norms.sum())
+        if row_norms:
+            rows[idx] = norms.sum(1).to(torch.float64).cpu()
+        if idx == last and not to_end:
+            raise _StopForward
+
+    hidden = None
+    with layer_hooks(lm, layers, grab):
+        try:
+            hidden = cast(Any, lm.model).base_model(**enc, use_cache=False).last_hidden_state  # a PreTrainedModel
+        except _StopForward:
+            pass
+    return EncodedPool(PooledBatch(pooled=pooled, norm_sum=norm_sum, norm_count=int(sink_free.sum())), rows, hidden)
+
+
 def pool_batch(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], start: int = DEFAULT_START,
                max_tokens: int = 512) -> PooledBatch:
     """One forward pass over `texts`, returning pooled residuals at `layers` (float32, on CPU).
@@ -111,28 +157,35 @@ def pool_batch(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], s
     Stops the forward pass after the deepest requested layer and never computes logits.
     """
     enc = tokenize(lm, texts, max_tokens)
-    mask = pool_mask(enc["attention_mask"], start)
-    weights = mask.to(torch.float32)
-    counts = weights.sum(1, keepdim=True).clamp(min=1)
-    sink_free = enc["attention_mask"].bool().clone()
-    sink_free[:, 0] = False
-    pooled: dict[int, torch.Tensor] = {}
-    norm_sum: dict[int, float] = {}
-    last = max(layers)
+    return pool_encoded(lm, enc, enc["attention_mask"], layers, start).batch
 
-    def grab(idx: int, _m: nn.Module, _i: tuple[Any, ...], out: object) -> None:
-        h = hidden_of(out).to(torch.float32)
-        pooled[idx] = (torch.bmm(weights[:, None, :], h)[:, 0] / counts).cpu()  # no [batch, seq, d] temporary
-        norm_sum[idx] = float((torch.linalg.vector_norm(h, dim=-1) * sink_free).sum())
-        if idx == last:
-            raise _StopForward
 
-    with layer_hooks(lm, layers, grab):
-        try:
-            cast(Any, lm.model).base_model(**enc, use_cache=False)  # a PreTrainedModel attribute
-        except _StopForward:
-            pass
-    return PooledBatch(pooled=pooled, norm_sum=norm_sum, norm_count=int(sink_free.sum()))
+@dataclass
+class PooledTexts:
+    """Per-text pooled activations made by another pass over the texts (the content check's), for `extract_corpus`.
+
+    `pooled` is [n, len(layers), d_model] float32, `norm_sum` [n, len(layers)] float64 (each text's summed token
+    norms, sink excluded) and `n_tokens` [n] (its non-sink tokens); valid for these `layers`, `start`, `max_tokens`.
+    """
+
+    ids: list[str]
+    layers: list[int]
+    start: int
+    max_tokens: int
+    pooled: torch.Tensor
+    norm_sum: torch.Tensor
+    n_tokens: torch.Tensor
+
+    def shard(self, ids: Sequence[str], labels: Sequence[str], spec: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """The shard tensors of these texts from the stored pools, or None where they do not cover the shard."""
+        if (spec["layers"], spec["start"], spec["max_tokens"]) != (self.layers, self.start, self.max_tokens):
+            return None
+        where = {i: k for k, i in enumerate(self.ids)}
+        if any(i not in where for i in ids):
+            return None
+        rows = torch.tensor([where[i] for i in ids])
+        return shard_from_pooled(self.pooled[rows], self.norm_sum[rows].sum(0), int(self.n_tokens[rows].sum()),
+                                 labels, spec["layers"], spec["keep_layers"])
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -259,13 +312,15 @@ class ShardPooler(Protocol):
 def extract_corpus(lm: LanguageModel, rows: Sequence[dict[str, Any]], out_dir: str | Path, kind: str,
                    layers: Sequence[int] | None = None, keep_layers: Sequence[int] | None = None,
                    start: int = DEFAULT_START, batch_size: int = 16, shard_size: int = 256,
-                   max_tokens: int = 512, progress: bool = True, pooler: ShardPooler | None = None) -> CorpusActivations:
+                   max_tokens: int = 512, progress: bool = True, pooler: ShardPooler | None = None,
+                   reuse: PooledTexts | None = None) -> CorpusActivations:
     """Pool activations of `rows` (dicts with `id`, `text`, optional `emotion`) into shards under `out_dir`.
 
     Work is cut into fixed chunks of `shard_size` rows, each written atomically as
     `{kind}-NNNNN.safetensors`; a re-run skips every chunk whose shard exists with
     the same ids, so an interrupted extraction resumes where it stopped. With a
     `pooler` the chunks are pooled there (in any order) and the shards written here.
+    A chunk that `reuse` covers (same texts and settings) is built from it without the model.
     """
     if not rows:
         raise EmovecError(f"the {kind} corpus is empty: generate or import texts first (`emovec stories`)")
@@ -284,7 +339,13 @@ def extract_corpus(lm: LanguageModel, rows: Sequence[dict[str, Any]], out_dir: s
         if (out_dir / shard_name(kind, ci)).exists() and _shard_matches(out_dir / shard_name(kind, ci), ids, spec):
             bar.update(len(chunk))
         else:
-            todo.append((ci, ids, [r["text"] for r in chunk], [str(r.get("emotion", kind)) for r in chunk]))
+            labels = [str(r.get("emotion", kind)) for r in chunk]
+            tensors = reuse.shard(ids, labels, spec) if reuse is not None else None
+            if tensors is not None:
+                _write_chunk(out_dir / shard_name(kind, ci), tensors, ids, labels, spec)
+                bar.update(len(chunk))
+            else:
+                todo.append((ci, ids, [r["text"] for r in chunk], labels))
     if pooler is None:  # here, one chunk after another
         results: Iterable[tuple[int, dict[str, torch.Tensor]]] = (
             (k, shard_tensors(lm, texts, labels, layers, keep, start, batch_size, max_tokens))
@@ -294,14 +355,18 @@ def extract_corpus(lm: LanguageModel, rows: Sequence[dict[str, Any]], out_dir: s
                                      batch_size, max_tokens)
     for k, tensors in results:
         ci, ids, _, labels = todo[k]
-        groups = sorted(set(labels))
-        write_shard(out_dir / shard_name(kind, ci), tensors, {"ids": json.dumps(ids), "labels": json.dumps(labels),
-                                                              "groups": json.dumps(groups), "spec": json.dumps(spec)})
+        _write_chunk(out_dir / shard_name(kind, ci), tensors, ids, labels, spec)
         bar.update(len(ids))
     bar.close()
     for stale in sorted(out_dir.glob(f"{kind}-*.safetensors"))[len(chunks):]:
         stale.unlink()
     return load_corpus_activations(out_dir, kind)
+
+
+def _write_chunk(path: Path, tensors: dict[str, torch.Tensor], ids: list[str], labels: list[str],
+                 spec: dict[str, Any]) -> None:
+    write_shard(path, tensors, {"ids": json.dumps(ids), "labels": json.dumps(labels),
+                                "groups": json.dumps(sorted(set(labels))), "spec": json.dumps(spec)})
 
 
 def _shard_matches(path: Path, ids: list[str], spec: dict[str, Any]) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .activations import extract_corpus, load_corpus_activations
-from .content_check import apply_content_check
+from .content_check import ShardTarget, apply_content_check
 from .corpus import STORIES_FILE, corpus_report, generate_neutral, generate_stories, import_stories, load_corpus, topics
 from .distributed import RayOptions, RayPool, ray_session
 from .models import DTYPES, LanguageModel
@@ -27,6 +27,7 @@ from .rundir import (
     RunConfig,
     check_drift,
     check_model_for_run,
+    chosen_backend,
     clean_stale_temps,
     close_engine,
     current_provenance,
@@ -72,9 +73,12 @@ def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
     finally:
         close_engine(backend)
     out = {"stories": report.summary(), "neutral": neutral.summary()}
-    if cfg.content_check:  # read by the run's model, after the writer is done
+    if cfg.content_check:  # read by the run's model, after the writer is done; its pass also pools the stories
+        here = chosen_backend(cfg) != "vllm"  # vLLM extracts in its own engine: the check's pools would not match it
+        target = ShardTarget(Path(run_dir) / "activations", keep_layers(cfg, lm), cfg.token_start) if here else None
         out["content_check"] = apply_content_check(lm, run_dir, emotions, cfg.content_check,
-                                                   batch_size=cfg.extract_batch_size, progress=progress)
+                                                   batch_size=cfg.extract_batch_size, progress=progress,
+                                                   extract_to=target)
         out["stories"] = corpus_report(Path(run_dir) / STORIES_FILE, emotions).summary()
     return out
 

@@ -128,11 +128,42 @@ def test_results_record_each_emotions_steering_at_the_first_layer():
     assert text.endswith("ordered trend the expected way (Page's L test, paired by prompt, p < 0.05): 1 of 2")
 
 
-def test_a_base_model_is_asked_in_plain_text(plain_model_dir, lm):
+def test_the_question_follows_the_story_exactly_as_extraction_reads_it(plain_model_dir, lm):
     from emovec import load_model
-    from emovec.content_check import emotion_logprobs, question
+    from emovec.content_check import check_inputs, emotion_logprobs, question_suffix
 
     base = load_model(str(plain_model_dir))
-    assert question(base, "the cat sat").endswith("what emotion does the main character feel?\n\nThe main character feels")
-    assert question(lm, "the cat sat").startswith("<|im_start|>")
+    for model in (lm, base):  # a chat model is asked in plain text too: the story must come first and alone
+        ids, lengths = check_inputs(model, ["the cat sat on the mat."])
+        story = model.tokenizer(["the cat sat on the mat."])["input_ids"][0]
+        assert ids[0][:lengths[0]] == list(story) and len(ids[0]) > lengths[0] == len(story)
+    ids, lengths = check_inputs(lm, ["a story."])
+    assert lm.tokenizer.decode(ids[0][lengths[0]:]) == question_suffix()
+    assert question_suffix().endswith("what emotion does the main character feel?\n\nThe main character feels")
     assert emotion_logprobs(base, ["the cat sat on the mat"], ["calm", "sad"]).shape == (1, 2)
+
+
+def test_the_checks_pass_writes_the_kept_stories_activations_as_extraction_would(checked_run, lm, tmp_path):
+    """The check reads each story once: its shards match a separate extraction, which then has nothing to do."""
+    from emovec.activations import extract_corpus, load_corpus_activations
+    from emovec.corpus import load_corpus
+    from emovec.pipeline import stage_extract
+    from emovec.rundir import keep_layers
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(checked_run[0], run_dir)
+    check = checked_run[1]["content_check"]
+    assert check["shards_written"] == check["kept"] > 0
+    cfg = open_run(run_dir)
+    reused = load_corpus_activations(run_dir / "activations", "stories")
+    fresh = extract_corpus(lm, load_corpus(run_dir, "stories", SMALL_EMOTIONS), tmp_path / "fresh", "stories",
+                           keep_layers=keep_layers(cfg, lm), start=cfg.token_start, progress=False)
+    assert reused.ids == fresh.ids and reused.counts == fresh.counts and reused.layers == fresh.layers
+    assert reused.ids == [r["id"] for r in read_jsonl(run_dir / "stories.jsonl") if r["kept"]]
+    np.testing.assert_allclose(reused.pooled.numpy(), fresh.pooled.numpy(), rtol=1e-4, atol=1e-4)
+    for e in SMALL_EMOTIONS:
+        np.testing.assert_allclose(reused.sums[e].numpy(), fresh.sums[e].numpy(), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(reused.mean_norm.numpy(), fresh.mean_norm.numpy(), rtol=1e-6)
+    shards = {p.name: p.read_bytes() for p in (run_dir / "activations").glob("stories-*.safetensors")}
+    stage_extract(run_dir, cfg, lm, progress=False)
+    assert {p.name: p.read_bytes() for p in (run_dir / "activations").glob("stories-*.safetensors")} == shards

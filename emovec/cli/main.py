@@ -198,7 +198,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         cc = c["content_check"]
         click.echo(f"content check: {cc['kept']} of {cc['checked']} stories read as their emotion (its rank within the "
                    f"top {cc['fraction']:.0%} of the emotions, or among its {cc['min_keep']} best); median rank "
-                   f"{cc['median_rank']:.0f}, top 10% for {cc['top10pct_rate']:.0%}")
+                   f"{cc['median_rank']:.0f}, top 10% for {cc['top10pct_rate']:.0%}"
+                   + ("; the same pass pooled the kept stories' activations" if cc.get("shards_written") else ""))
     click.echo(f"neutral dialogues: {ne['kept']} kept of {ne['written']}")
     click.echo(f"layer used: {s['layer']} (about two thirds of depth)")
     click.echo(f"held-out recognition ({r['folds']}-fold, {r['n_stories']} stories, {r['n_emotions']} emotions): "
