@@ -1,12 +1,12 @@
 """The content check's share, measured on one corpus: what each share keeps and what its vectors do.
 
 Takes a finished run made WITHOUT the content check whose per-story activations are kept at every layer (the
-quick preset keeps all), ranks its kept stories once with `emovec.content_check` (cached in OUT), and for each
+quick preset keeps all), ranks its kept stories once with `emovec.content_check` (cached in OUT, per question wording), and for each
 share builds the vectors from the stories that pass (reusing the run's activations, so no re-extraction), then
 reports the norm-free measures the share is chosen by (held-out recognition at layer 20, the six steering
 emotions' VADER slopes and trend tests at layer 20, and the emotion-words judge: whether each vector raises its own
 emotion's EmoLex words more than the others do) and, as an outcome, PC1 vs valence at a layer chosen on half the rated
-emotions. Usage, alone on the machine (on a 2-core AVX2 EPYC, float32: ranking 10 min, then ~4 min per share):
+emotions. Usage, alone on the machine (on a 2-core AVX2 EPYC, float32: ranking 7 min, then ~4 min per share):
 
     .venv/bin/python bench/content_check_ablation.py runs/demo-prev-avx2 --fractions 1 0.5 0.35 0.25
 
@@ -16,6 +16,7 @@ Writes OUT/ablation.jsonl (default `RUN/content-ablation/`), one line per share.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from emovec.activations import CorpusActivations, load_corpus_activations
-from emovec.content_check import emotion_logprobs, keep_mask, own_ranks
+from emovec.content_check import emotion_logprobs, keep_mask, own_ranks, question_suffix
 from emovec.recognition import heldout_recognition, recognition_at
 from emovec.rundir import load_run, run_emotions
 from emovec.storage import read_jsonl
@@ -65,7 +66,7 @@ def main() -> None:
     stories = load_corpus_activations(args.run_dir / "activations", "stories")
     neutral = load_corpus_activations(args.run_dir / "activations", "neutral")
     text = {r["id"]: r["text"] for r in read_jsonl(args.run_dir / "stories.jsonl")}
-    cache = out / "logprobs.npy"
+    cache = out / f"logprobs-{hashlib.sha256(question_suffix().encode()).hexdigest()[:8]}.npy"  # per question wording
     if cache.exists():
         logprobs = np.load(cache)
     else:

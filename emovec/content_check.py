@@ -87,6 +87,8 @@ def read_stories(lm: LanguageModel, texts: Sequence[str], emotions: Sequence[str
     """
     if not texts:
         raise EmovecError("no stories to check (empty corpus)")
+    if ids is not None and len(ids) != len(texts):
+        raise EmovecError(f"{len(ids)} ids for {len(texts)} stories: give one id per story")
     keep_pools = ids is not None and bool(layers)
     layers = [lm.check_layer(lay) for lay in layers] if keep_pools else []
     emotion_ids = torch.tensor(first_tokens(lm, emotions))
