@@ -79,6 +79,10 @@ def test_bad_fractions_and_empty_corpora_are_one_line_errors(lm, tmp_path):
     with pytest.raises(EmovecError, match=r"content check fraction must be in \(0, 1\]"):
         apply_content_check(lm, tmp_path, ["calm"], 0.0)
     assert apply_content_check(lm, tmp_path, ["calm"], 0.5)["checked"] == 0  # no stories: nothing to check
+    from emovec.content_check import read_stories
+
+    with pytest.raises(EmovecError, match="1 ids for 2 stories: give one id per story"):
+        read_stories(lm, ["a calm day.", "a sad day."], ["calm"], ids=["x"], layers=[0])
     res = CliRunner().invoke(main, ["run", str(tmp_path / "r"), "--content-check", "1.5"])
     assert res.exit_code == 2 and "1.5 is not in the range" in res.output
     open_run(tmp_path / "r2", make_config(content_check=0.5))
