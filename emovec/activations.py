@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -162,7 +163,7 @@ def pool_batch(lm: LanguageModel, texts: Sequence[str], layers: Sequence[int], s
 
 @dataclass
 class PooledTexts:
-    """Per-text pooled activations made by another pass over the texts (the content check's), for `extract_corpus`.
+    """Per-text pooled activations made by another pass over the texts (the content check's), for `write_shards`.
 
     `pooled` is [n, len(layers), d_model] float32, `norm_sum` [n, len(layers)] float64 (each text's summed token
     norms, sink excluded) and `n_tokens` [n] (its non-sink tokens); valid for these `layers`, `start`, `max_tokens`.
@@ -176,14 +177,17 @@ class PooledTexts:
     norm_sum: torch.Tensor
     n_tokens: torch.Tensor
 
+    @cached_property
+    def _row(self) -> dict[str, int]:
+        return {i: k for k, i in enumerate(self.ids)}
+
     def shard(self, ids: Sequence[str], labels: Sequence[str], spec: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         """The shard tensors of these texts from the stored pools, or None where they do not cover the shard."""
         if (spec["layers"], spec["start"], spec["max_tokens"]) != (self.layers, self.start, self.max_tokens):
             return None
-        where = {i: k for k, i in enumerate(self.ids)}
-        if any(i not in where for i in ids):
+        if any(i not in self._row for i in ids):
             return None
-        rows = torch.tensor([where[i] for i in ids])
+        rows = torch.tensor([self._row[i] for i in ids])
         return shard_from_pooled(self.pooled[rows], self.norm_sum[rows].sum(0), int(self.n_tokens[rows].sum()),
                                  labels, spec["layers"], spec["keep_layers"])
 
@@ -314,7 +318,19 @@ def extract_corpus(lm: LanguageModel, rows: Sequence[dict[str, Any]], out_dir: s
                    start: int = DEFAULT_START, batch_size: int = 16, shard_size: int = 256,
                    max_tokens: int = 512, progress: bool = True, pooler: ShardPooler | None = None,
                    reuse: PooledTexts | None = None) -> CorpusActivations:
-    """Pool activations of `rows` (dicts with `id`, `text`, optional `emotion`) into shards under `out_dir`.
+    """Pool activations of `rows` (dicts with `id`, `text`, optional `emotion`) into shards under `out_dir`
+    (`write_shards`) and read them back."""
+    write_shards(lm, rows, out_dir, kind, layers, keep_layers, start, batch_size, shard_size, max_tokens, progress,
+                 pooler, reuse)
+    return load_corpus_activations(out_dir, kind)
+
+
+def write_shards(lm: LanguageModel, rows: Sequence[dict[str, Any]], out_dir: str | Path, kind: str,
+                 layers: Sequence[int] | None = None, keep_layers: Sequence[int] | None = None,
+                 start: int = DEFAULT_START, batch_size: int = 16, shard_size: int = 256,
+                 max_tokens: int = 512, progress: bool = True, pooler: ShardPooler | None = None,
+                 reuse: PooledTexts | None = None) -> None:
+    """Pool activations of `rows` into shards under `out_dir`, without reading them back.
 
     Work is cut into fixed chunks of `shard_size` rows, each written atomically as
     `{kind}-NNNNN.safetensors`; a re-run skips every chunk whose shard exists with
@@ -360,7 +376,6 @@ def extract_corpus(lm: LanguageModel, rows: Sequence[dict[str, Any]], out_dir: s
     bar.close()
     for stale in sorted(out_dir.glob(f"{kind}-*.safetensors"))[len(chunks):]:
         stale.unlink()
-    return load_corpus_activations(out_dir, kind)
 
 
 def _write_chunk(path: Path, tensors: dict[str, torch.Tensor], ids: list[str], labels: list[str],

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .activations import DEFAULT_START, PooledTexts, extract_corpus, length_sorted_batches, pool_encoded
+from .activations import DEFAULT_START, PooledTexts, length_sorted_batches, pool_encoded, write_shards
 from .corpus import STORIES_FILE, load_corpus, prompts
 from .models import LanguageModel
 from .storage import EmovecError, read_jsonl, write_jsonl
@@ -82,7 +82,7 @@ def read_stories(lm: LanguageModel, texts: Sequence[str], emotions: Sequence[str
     """Score each story's answer to the question and, with `ids` and `layers`, keep its pooled activations.
 
     Right-padded batches; only the last real position of each row goes through the unembedding. The pools are
-    those extraction would compute for the same stories (`extract_corpus(reuse=...)`), so a checked run reads
+    those extraction would compute for the same stories (`write_shards(reuse=...)`), so a checked run reads
     each story once instead of twice.
     """
     if not texts:
@@ -209,9 +209,9 @@ def apply_content_check(lm: LanguageModel, run_dir: str | Path, emotions: Sequen
     written = 0
     if pools is not None and extract_to is not None:
         kept_rows = load_corpus(run_dir, "stories", emotions)
-        extract_corpus(lm, kept_rows, extract_to.act_dir, "stories", keep_layers=extract_to.keep_layers,
-                       start=extract_to.start, batch_size=batch_size, max_tokens=extract_to.max_tokens,
-                       progress=False, reuse=pools)
+        write_shards(lm, kept_rows, extract_to.act_dir, "stories", keep_layers=extract_to.keep_layers,
+                     start=extract_to.start, batch_size=batch_size, max_tokens=extract_to.max_tokens,
+                     progress=False, reuse=pools)
         written = len(kept_rows)
     top = ranks < 0.1 * len(emotions)
     return {"checked": len(cand), "kept": int(keep.sum()), "dropped": int((~keep).sum()), "fraction": fraction,

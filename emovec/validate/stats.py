@@ -59,9 +59,8 @@ def ols_fit(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     half = float(t_dist.ppf(0.975, len(xs) - 2) * fit.stderr)
     out.update(slope=float(fit.slope), ci95=[float(fit.slope) - half, float(fit.slope) + half], p=float(fit.pvalue),
                se=float(fit.stderr))
-    if np.std(ys) > 0:
-        rho = spearmanr(xs, ys)
-        out.update(rho=float(rho[0]), rho_p=float(rho[1]))
+    rho = spearmanr(xs, ys)  # ys varies: the constant case returned above
+    out.update(rho=float(rho[0]), rho_p=float(rho[1]))
     return out
 
 
