@@ -177,6 +177,18 @@ class PooledTexts:
     norm_sum: torch.Tensor
     n_tokens: torch.Tensor
 
+    @classmethod
+    def concat(cls, parts: Sequence[PooledTexts]) -> PooledTexts:
+        """One set of pools from several passes made with the same layers, token start and length cap."""
+        first = parts[0]
+        if any((p.layers, p.start, p.max_tokens) != (first.layers, first.start, first.max_tokens) for p in parts):
+            raise EmovecError("pools made with other layers, token start or length cap cannot be joined")
+        if len(parts) == 1:
+            return first
+        return cls(ids=[i for p in parts for i in p.ids], layers=first.layers, start=first.start,
+                   max_tokens=first.max_tokens, pooled=torch.cat([p.pooled for p in parts]),
+                   norm_sum=torch.cat([p.norm_sum for p in parts]), n_tokens=torch.cat([p.n_tokens for p in parts]))
+
     @cached_property
     def _row(self) -> dict[str, int]:
         return {i: k for k, i in enumerate(self.ids)}

@@ -22,7 +22,8 @@ not independent of the check; the lexical baseline and the steering judge are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -32,9 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import DEFAULT_START, PooledTexts, length_sorted_batches, pool_encoded, write_shards
-from .corpus import STORIES_FILE, load_corpus, prompts
+from .corpus import STORIES_FILE, load_corpus, prompts, refill_round
 from .models import LanguageModel
-from .storage import EmovecError, read_jsonl, write_jsonl
+from .storage import EmovecError, read_json, read_jsonl, write_json, write_jsonl
 
 DROP_REASON = "misses_emotion"
 RANK_KEY = "content_rank"
@@ -128,24 +129,28 @@ def emotion_logprobs(lm: LanguageModel, texts: Sequence[str], emotions: Sequence
     return read_stories(lm, texts, emotions, batch_size, progress).logprobs
 
 
-def own_ranks(logprobs: np.ndarray, labels: Sequence[str], emotions: Sequence[str]) -> np.ndarray:
+def own_ranks(logprobs: np.ndarray, labels: Sequence[str], emotions: Sequence[str],
+              centre: np.ndarray | None = None) -> np.ndarray:
     """Rank (0 = first) of each text's own emotion after centring each emotion's column on its mean.
 
+    `centre` replaces the column means (a later round is ranked by the first round's yardstick).
     Emotions that share a first token tie; a tie counts in the story's favour.
     """
     col = {e: i for i, e in enumerate(emotions)}
-    centred = logprobs - logprobs.mean(axis=0, keepdims=True)
+    centred = logprobs - (logprobs.mean(axis=0, keepdims=True) if centre is None else centre[None, :])
     own = centred[np.arange(len(labels)), [col[lab] for lab in labels]]
     return cast(np.ndarray, (centred > own[:, None]).sum(axis=1))
 
 
-def keep_mask(ranks: np.ndarray, labels: Sequence[str], n_emotions: int, fraction: float, min_keep: int = 2) -> np.ndarray:
-    """Which stories pass: own rank within the best `fraction` of `n_emotions`, plus each emotion's `min_keep` best."""
+def keep_mask(ranks: np.ndarray, labels: Sequence[str], n_emotions: int, fraction: float, min_keep: int = 2,
+              already: Mapping[str, int] | None = None) -> np.ndarray:
+    """Which stories pass: own rank within the best `fraction` of `n_emotions`, plus each emotion's best up to
+    `min_keep` kept in all (`already`: how many each emotion kept before these stories)."""
     keep = ranks < fraction * n_emotions
     labels_arr = np.asarray(labels)
     for e in set(labels):
         rows = np.flatnonzero(labels_arr == e)
-        best = rows[np.argsort(ranks[rows], kind="stable")[:min_keep]]
+        best = rows[np.argsort(ranks[rows], kind="stable")[:max(0, min_keep - (already or {}).get(e, 0))]]
         keep[best] = True
     return keep
 
@@ -169,51 +174,117 @@ class ShardTarget:
 
 
 REUSE_LIMIT_BYTES = 2 << 30  # the check holds every story's pools until it decides; above this it only scores
+CENTRE_FILE = "content_check.json"  # the column means the first scoring ranked by, for later rounds
+
+
+@dataclass
+class CheckResult:
+    """What one call of the check decided (`summary`) and the pools of the stories it scored (`pools`, if asked)."""
+
+    summary: dict[str, Any]
+    pools: PooledTexts | None
+
+
+def check_stories(lm: LanguageModel, run_dir: str | Path, emotions: Sequence[str], fraction: float,
+                  min_keep: int = 2, batch_size: int = 8, progress: bool = True,
+                  pool_for: ShardTarget | None = None) -> CheckResult:
+    """Rank every story the filters kept in `run_dir/stories.jsonl` that has no rank yet, and drop those that miss.
+
+    The first scoring centres each emotion by its mean over the stories scored and saves those means
+    (`content_check.json`); stories added later (replacement rounds, `corpus.refill_stories`) are ranked by the
+    saved means, so earlier ranks never change. Decisions are made from the ranks round by round: the first
+    round keeps each emotion's `min_keep` best, a later one rescues stories only where its emotion still has
+    fewer than `min_keep`. A re-run scores nothing and decides the same (another `fraction` re-decides from the
+    saved ranks). Without the saved means every candidate is scored again. With `pool_for` the scoring pass also
+    pools the scored stories for those shards.
+    """
+    check_fraction(fraction)
+    run_dir = Path(run_dir)
+    path = run_dir / STORIES_FILE
+    rows = read_jsonl(path) if path.exists() else []
+    cand = [r for r in rows if r.get("emotion") in emotions and (r.get("kept", True) or r.get("reason") == DROP_REASON)]
+    todo = [r for r in cand if not isinstance(r.get(RANK_KEY), int)]
+    centre = _read_centre(run_dir, emotions) if len(todo) < len(cand) else None
+    if todo and centre is None:  # a first scoring (or the saved means are gone): everything, by its own means
+        todo = cand
+    pools = None
+    if todo:
+        reuse = pool_for is not None and len(todo) * lm.n_layers * lm.d_model * 4 <= REUSE_LIMIT_BYTES
+        done = read_stories(lm, [str(r["text"]) for r in todo], emotions, batch_size, progress,
+                            ids=[str(r["id"]) for r in todo] if reuse else None,
+                            layers=range(lm.n_layers) if reuse else (),
+                            start=pool_for.start if pool_for else DEFAULT_START,
+                            max_tokens=pool_for.max_tokens if pool_for else 512)
+        if centre is None:
+            centre = done.logprobs.mean(axis=0)
+            write_json(run_dir / CENTRE_FILE, {"emotions": list(emotions), "question": question_suffix(),
+                                               "n_stories": len(todo), "centre": [float(x) for x in centre]})
+        ranks = own_ranks(done.logprobs, [str(r["emotion"]) for r in todo], emotions, centre)
+        for r, rank in zip(todo, ranks):
+            r[RANK_KEY] = int(rank)
+        pools = done.pooled
+    before = [(r.get("kept"), r.get("reason")) for r in cand]
+    _decide(cand, len(emotions), fraction, min_keep)
+    if todo or before != [(r.get("kept"), r.get("reason")) for r in cand]:
+        write_jsonl(path, rows)
+    return CheckResult(_summary(cand, len(emotions), fraction, min_keep, len(todo)), pools)
+
+
+def _decide(cand: Sequence[dict[str, Any]], n_emotions: int, fraction: float, min_keep: int) -> None:
+    """Set `kept`/`reason` of every ranked candidate from its rank, one replacement round after another."""
+    already: Counter[str] = Counter()
+    for rnd in sorted({refill_round(r) for r in cand}):
+        group = [r for r in cand if refill_round(r) == rnd]
+        labels = [str(r["emotion"]) for r in group]
+        keep = keep_mask(np.array([r[RANK_KEY] for r in group]), labels, n_emotions, fraction, min_keep, already)
+        for r, k in zip(group, keep):
+            r["kept"], r["reason"] = bool(k), None if k else DROP_REASON
+        already.update(lab for lab, k in zip(labels, keep) if k)
+
+
+def _read_centre(run_dir: Path, emotions: Sequence[str]) -> np.ndarray | None:
+    """The saved column means, if they were made for these emotions and this question (else None: score afresh)."""
+    path = run_dir / CENTRE_FILE
+    if not path.exists():
+        return None
+    saved = read_json(path)
+    if not isinstance(saved, dict) or saved.get("emotions") != list(emotions) or saved.get("question") != question_suffix():
+        return None
+    centre = np.asarray(saved.get("centre"), dtype=np.float32)
+    return centre if centre.shape == (len(emotions),) and np.isfinite(centre).all() else None
+
+
+def _summary(cand: Sequence[dict[str, Any]], n_emotions: int, fraction: float, min_keep: int,
+             scored: int) -> dict[str, Any]:
+    """Counts over every story the check has decided (`scored`: how many this call scored)."""
+    ranks = np.array([r[RANK_KEY] for r in cand if isinstance(r.get(RANK_KEY), int)])
+    kept = sum(bool(r.get("kept", True)) for r in cand)
+    return {"checked": len(cand), "kept": kept, "dropped": len(cand) - kept, "fraction": fraction,
+            "min_keep": min_keep, "median_rank": float(np.median(ranks)) if len(ranks) else None,
+            "top10pct_rate": round(float((ranks < 0.1 * n_emotions).mean()), 4) if len(ranks) else None,
+            "rescored": scored > 0, "scored": scored, "shards_written": 0}
+
+
+def write_checked_shards(lm: LanguageModel, run_dir: str | Path, emotions: Sequence[str], pools: PooledTexts,
+                         target: ShardTarget, batch_size: int = 8) -> int:
+    """Write the kept stories' activation shards from the check's pools (a chunk they do not cover is pooled by
+    the model, as extraction would); returns how many stories the shards hold."""
+    kept_rows = load_corpus(run_dir, "stories", emotions)
+    write_shards(lm, kept_rows, target.act_dir, "stories", keep_layers=target.keep_layers, start=target.start,
+                 batch_size=batch_size, max_tokens=target.max_tokens, progress=False, reuse=pools)
+    return len(kept_rows)
 
 
 def apply_content_check(lm: LanguageModel, run_dir: str | Path, emotions: Sequence[str], fraction: float,
                         min_keep: int = 2, batch_size: int = 8, progress: bool = True,
                         extract_to: ShardTarget | None = None) -> dict[str, Any]:
-    """Rank every story the filters kept in `run_dir/stories.jsonl` and drop those that miss their emotion.
+    """`check_stories`, then (with `extract_to`) the kept stories' shards from its pass; returns its summary.
 
     Rewrites the file atomically with `content_rank` on every checked row; a re-run on a file whose checked
-    rows all carry a rank re-applies the same decision without scoring again. With `extract_to` the pass that
-    scores the stories also pools their activations and writes the kept stories' shards there, which the
-    extraction stage then finds done. Returns a summary.
+    rows all carry a rank re-applies the same decision without scoring again. The extraction stage then finds
+    the shards done.
     """
-    check_fraction(fraction)
-    path = Path(run_dir) / STORIES_FILE
-    rows = read_jsonl(path) if path.exists() else []
-    cand = [r for r in rows if r.get("emotion") in emotions and (r.get("kept", True) or r.get("reason") == DROP_REASON)]
-    if not cand:  # nothing passed the filters: the extraction says so with its empty-corpus message
-        return {"checked": 0, "kept": 0, "dropped": 0, "fraction": fraction, "min_keep": min_keep,
-                "median_rank": None, "top10pct_rate": None, "rescored": False, "shards_written": 0}
-    labels = [str(r["emotion"]) for r in cand]
-    scored = all(isinstance(r.get(RANK_KEY), int) for r in cand)
-    pools = None
-    if scored:
-        ranks = np.array([r[RANK_KEY] for r in cand])
-    else:
-        reuse = extract_to is not None and len(cand) * lm.n_layers * lm.d_model * 4 <= REUSE_LIMIT_BYTES
-        done = read_stories(lm, [str(r["text"]) for r in cand], emotions, batch_size, progress,
-                            ids=[str(r["id"]) for r in cand] if reuse else None,
-                            layers=range(lm.n_layers) if reuse else (),
-                            start=extract_to.start if extract_to else DEFAULT_START,
-                            max_tokens=extract_to.max_tokens if extract_to else 512)
-        ranks, pools = own_ranks(done.logprobs, labels, emotions), done.pooled
-    keep = keep_mask(ranks, labels, len(emotions), fraction, min_keep)
-    for r, rank, k in zip(cand, ranks, keep):
-        r[RANK_KEY] = int(rank)
-        r["kept"], r["reason"] = bool(k), None if k else DROP_REASON
-    write_jsonl(path, rows)
-    written = 0
-    if pools is not None and extract_to is not None:
-        kept_rows = load_corpus(run_dir, "stories", emotions)
-        write_shards(lm, kept_rows, extract_to.act_dir, "stories", keep_layers=extract_to.keep_layers,
-                     start=extract_to.start, batch_size=batch_size, max_tokens=extract_to.max_tokens,
-                     progress=False, reuse=pools)
-        written = len(kept_rows)
-    top = ranks < 0.1 * len(emotions)
-    return {"checked": len(cand), "kept": int(keep.sum()), "dropped": int((~keep).sum()), "fraction": fraction,
-            "min_keep": min_keep, "median_rank": float(np.median(ranks)), "top10pct_rate": round(float(top.mean()), 4),
-            "rescored": not scored, "shards_written": written}
+    res = check_stories(lm, run_dir, emotions, fraction, min_keep, batch_size, progress, pool_for=extract_to)
+    if res.pools is not None and extract_to is not None:
+        res.summary["shards_written"] = write_checked_shards(lm, run_dir, emotions, res.pools, extract_to, batch_size)
+    return res.summary

@@ -11,6 +11,7 @@ writes what an uninterrupted one would have.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections import Counter
@@ -161,21 +162,25 @@ def story_jobs(emotions: Sequence[str], per_emotion: int, topic_list: Sequence[s
         raise EmovecError(f"unknown prompt style {style!r}: use plain or detailed")
     if per_emotion < 1:
         raise EmovecError(f"stories per emotion must be >= 1, got {per_emotion}")
-    topic_list = list(topic_list or topics())
-    names = prompts()["names"]
     n_prompts = -(-per_emotion // stories_per_prompt)
-    orders = {}
-    for e in emotions:
-        rng = random.Random(f"{seed}|{e}")
-        orders[e] = rng.sample(topic_list, len(topic_list))
-    jobs = []
-    for k in range(n_prompts):
-        for ei, e in enumerate(emotions):
-            rng = random.Random(f"{seed}|{e}|{k}")
-            person = "any" if style == "plain" else "first" if (k + ei) % 2 == 0 else "third"
-            jobs.append(StoryJob(id=f"{e}|{k}", emotion=e, topic=orders[e][k % len(topic_list)], person=person,
-                                 name=rng.choice(names), n=stories_per_prompt, style=style))
-    return jobs
+    orders = _topic_orders(emotions, list(topic_list or topics()), seed)
+    return [_job(f"{e}|{k}", e, ei, k, orders[e], stories_per_prompt, seed, style)
+            for k in range(n_prompts) for ei, e in enumerate(emotions)]
+
+
+def _topic_orders(emotions: Sequence[str], topic_list: list[str], seed: int) -> dict[str, list[str]]:
+    """Each emotion's own shuffled order of the topics (depends only on the seed and the emotion)."""
+    return {e: random.Random(f"{seed}|{e}").sample(topic_list, len(topic_list)) for e in emotions}
+
+
+def _job(job_id: str, emotion: str, ei: int, k: int, order: list[str], stories_per_prompt: int, seed: int,
+         style: str) -> StoryJob:
+    """The `k`-th request for `emotion` (its `ei`-th place in the list): topic `k` of its `order`, person
+    alternating for the detailed style, a name drawn from the seed."""
+    person = "any" if style == "plain" else "first" if (k + ei) % 2 == 0 else "third"
+    name = random.Random(f"{seed}|{emotion}|{k}").choice(prompts()["names"])
+    return StoryJob(id=job_id, emotion=emotion, topic=order[k % len(order)], person=person, name=name,
+                    n=stories_per_prompt, style=style)
 
 
 @dataclass
@@ -273,9 +278,16 @@ def generate_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str
     """
     if not emotions:
         raise EmovecError("no emotions to write stories for")
-    path = Path(run_dir) / STORIES_FILE
     jobs = story_jobs(emotions, per_emotion, topic_list, stories_per_prompt, seed, style)
+    _write_stories(lm, backend, Path(run_dir) / STORIES_FILE, jobs, sampling or Sampling(), seed, chunk, progress,
+                   prime, keep_named)
+    return corpus_report(Path(run_dir) / STORIES_FILE, emotions)
 
+
+def _write_stories(lm: LanguageModel, backend: GenerationBackend, path: Path, jobs: Sequence[StoryJob],
+                   sampling: Sampling, seed: int, chunk: int, progress: bool, prime: bool, keep_named: bool,
+                   refill_round: int = 0) -> None:
+    """Write `jobs` into the story file (resumable), each story judged by the filters; refill rows say their round."""
     def rows_of(job: StoryJob, response: str) -> list[dict[str, Any]]:
         stories = parse_stories(response, job.n)[: job.n] or [""]
         rows = []
@@ -283,12 +295,74 @@ def generate_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str
             reason = judge_story(text, job.emotion, keep_named=keep_named)
             rows.append({"id": f"{job.id}#{i}", "job": job.id, "emotion": job.emotion, "topic": job.topic,
                          "person": job.person, "text": text, "kept": reason is None, "reason": reason,
-                         "source": "model"})
+                         "source": "model", **({"refill": refill_round} if refill_round else {})})
         return rows
 
-    render = (lambda j: lm.chat(j.prompt()) + j.prime()) if prime and stories_per_prompt == 1 else (lambda j: lm.chat(j.prompt()))
-    _chunked_run(jobs, path, backend, sampling or Sampling(), seed, chunk, render, rows_of, "stories", progress)
-    return corpus_report(path, emotions)
+    render = (lambda j: lm.chat(j.prompt()) + j.prime()) if prime and all(j.n == 1 for j in jobs) else (lambda j: lm.chat(j.prompt()))
+    desc = f"refill {refill_round}" if refill_round else "stories"
+    _chunked_run(jobs, path, backend, sampling, seed, chunk, render, rows_of, desc, progress)
+
+
+REFILL_ROUNDS = 2  # rounds of replacement stories at most; each emotion gets at most `per_emotion` more in all
+REFILL_MIN_RATE = 0.25  # the keep rate assumed at least when sizing an emotion's replacements
+
+
+def refill_jobs(rows: Sequence[dict[str, Any]], emotions: Sequence[str], target: int, round_: int, per_emotion: int,
+                topic_list: Sequence[str] | None = None, stories_per_prompt: int = 1, seed: int = 0,
+                style: str = "plain") -> list[StoryJob]:
+    """Replacement requests of round `round_` for every emotion that keeps fewer than `target` stories.
+
+    Decided from the rows of the earlier rounds only (so a resumed round asks for the same stories): an
+    emotion short by d stories that kept a share q of what it had written gets ceil(d / max(q, 0.25)) more,
+    and never more than `per_emotion` replacements over all rounds. Topics continue the emotion's own order.
+    """
+    before = [r for r in rows if refill_round(r) < round_ and r.get("emotion") in emotions]
+    kept = Counter(str(r["emotion"]) for r in before if r.get("kept", True))
+    written = Counter(str(r["emotion"]) for r in before)
+    extra = Counter(str(r["emotion"]) for r in before if refill_round(r) > 0)
+    orders = _topic_orders(emotions, list(topic_list or topics()), seed)
+    base = -(-per_emotion // stories_per_prompt)
+    jobs = []
+    for ei, e in enumerate(emotions):
+        short, room = target - kept[e], per_emotion - extra[e]
+        if short <= 0 or room <= 0:
+            continue
+        rate = max(kept[e] / written[e] if written[e] else 1.0, REFILL_MIN_RATE)
+        n_stories = min(room, math.ceil(short / rate))
+        first = base + -(-extra[e] // stories_per_prompt)
+        jobs += [_job(f"{e}|refill{round_}.{i}", e, ei, first + i, orders[e], stories_per_prompt, seed, style)
+                 for i in range(-(-n_stories // stories_per_prompt))]
+    return jobs
+
+
+def refill_round(row: dict[str, Any]) -> int:
+    """Which replacement round wrote a story row (0: the first writing, or an import)."""
+    value = row.get("refill", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def refill_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str | Path, emotions: Sequence[str],
+                   target: int, round_: int, per_emotion: int, sampling: Sampling | None = None, seed: int = 0,
+                   stories_per_prompt: int = 1, topic_list: Sequence[str] | None = None, chunk: int = 64,
+                   progress: bool = True, prime: bool = False, style: str = "plain",
+                   keep_named: bool = False) -> list[StoryJob]:
+    """Write round `round_` of replacement stories for the emotions the filters left short of `target` (resumable).
+
+    The same recipe as `generate_stories`, other sampling seeds (`refill_seed`). Returns the round's requests
+    (empty: no emotion is short, or none has room left).
+    """
+    path = Path(run_dir) / STORIES_FILE
+    jobs = refill_jobs(read_jsonl(path) if path.exists() else [], emotions, target, round_, per_emotion, topic_list,
+                       stories_per_prompt, seed, style)
+    if jobs:
+        _write_stories(lm, backend, path, jobs, sampling or Sampling(), refill_seed(seed, round_), chunk, progress,
+                       prime, keep_named, refill_round=round_)
+    return jobs
+
+
+def refill_seed(seed: int, round_: int) -> int:
+    """The run seed a refill round's chunks draw from (apart from the first round's and the neutral corpus's)."""
+    return seed + 7919 * round_
 
 
 @dataclass

@@ -14,9 +14,21 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from .activations import extract_corpus, load_corpus_activations
-from .content_check import ShardTarget, apply_content_check
-from .corpus import STORIES_FILE, corpus_report, generate_neutral, generate_stories, import_stories, load_corpus, topics
+from .activations import PooledTexts, extract_corpus, load_corpus_activations
+from .content_check import CheckResult, ShardTarget, check_stories, write_checked_shards
+from .corpus import (
+    REFILL_ROUNDS,
+    STORIES_FILE,
+    CorpusReport,
+    corpus_report,
+    generate_neutral,
+    generate_stories,
+    import_stories,
+    load_corpus,
+    refill_round,
+    refill_stories,
+    topics,
+)
 from .distributed import RayOptions, RayPool, ray_session
 from .models import DTYPES, LanguageModel
 from .provenance import run_lock
@@ -50,37 +62,73 @@ log = logging.getLogger(__name__)
 
 def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progress: bool = True,
                   writer: LanguageModel | None = None, pool: RayPool | None = None) -> dict[str, Any]:
-    """Generate (or import) the story corpus and the neutral corpus, then the content check if the run has one;
-    skips what exists.
+    """Generate (or import) the story corpus and the neutral corpus, then the content check if the run has one,
+    then replacement rounds for the emotions left short (`cfg.refill`); skips what exists.
 
     They are written by `writer`: by default the run's writer (`run_writer`: `lm` itself unless
     the run names another model, which is then loaded). With a Ray `pool` the chunks are written
-    by its actors (same chunks, seeds and backend) and appended here.
+    by its actors (same chunks, seeds and backend) and appended here. The check's passes also pool the
+    stories they read, and the kept stories' shards are written from those pools at the end.
     """
+    run_dir = Path(run_dir)
     emotions = run_emotions(cfg)
     writer = writer or run_writer(cfg, lm)
     backend = pool.backend() if pool is not None else make_backend(cfg, writer)
+    # read by the run's model after the writer; vLLM extracts in its own engine, so its pools would not match
+    target = ShardTarget(run_dir / "activations", keep_layers(cfg, lm), cfg.token_start) \
+        if cfg.content_check and chosen_backend(cfg) != "vllm" else None
+    recipe: dict[str, Any] = {"sampling": cfg.sampling(), "seed": cfg.seed, "stories_per_prompt": cfg.stories_per_prompt,
+                              "topic_list": topics()[:cfg.topics] if cfg.topics else None,
+                              "chunk": max(cfg.gen_batch_size, 16), "progress": progress, "prime": cfg.prime,
+                              "style": cfg.prompt_style, "keep_named": cfg.keep_named}
+    checks: list[CheckResult] = []
+    refills: list[dict[str, Any]] = []
     try:
         if cfg.import_stories:
-            report = import_stories(cfg.import_stories, run_dir, emotions, keep_named=cfg.keep_named)
+            import_stories(cfg.import_stories, run_dir, emotions, keep_named=cfg.keep_named)
         else:
-            report = generate_stories(writer, backend, run_dir, emotions, cfg.per_emotion, cfg.sampling(), cfg.seed,
-                                      cfg.stories_per_prompt, topic_list=topics()[:cfg.topics] if cfg.topics else None,
-                                      chunk=max(cfg.gen_batch_size, 16), progress=progress, prime=cfg.prime,
-                                      style=cfg.prompt_style, keep_named=cfg.keep_named)
+            generate_stories(writer, backend, run_dir, emotions, cfg.per_emotion, **recipe)
         neutral = generate_neutral(writer, backend, run_dir, cfg.n_neutral, seed=cfg.seed,
                                    chunk=max(cfg.gen_batch_size, 16), progress=progress)
+        if cfg.content_check:
+            checks.append(_check(lm, run_dir, emotions, cfg, progress, target))
+        for rnd in range(1, REFILL_ROUNDS + 1) if cfg.refill and not cfg.import_stories else ():
+            jobs = refill_stories(writer, backend, run_dir, emotions, cfg.refill, rnd, cfg.per_emotion, **recipe)
+            if not jobs:
+                break
+            refills.append({"round": rnd, "emotions": len({j.emotion for j in jobs}), "requests": len(jobs)})
+            if cfg.content_check:
+                checks.append(_check(lm, run_dir, emotions, cfg, progress, target))
     finally:
         close_engine(backend)
-    out = {"stories": report.summary(), "neutral": neutral.summary()}
-    if cfg.content_check:  # read by the run's model, after the writer is done; its pass also pools the stories
-        here = chosen_backend(cfg) != "vllm"  # vLLM extracts in its own engine: the check's pools would not match it
-        target = ShardTarget(Path(run_dir) / "activations", keep_layers(cfg, lm), cfg.token_start) if here else None
-        out["content_check"] = apply_content_check(lm, run_dir, emotions, cfg.content_check,
-                                                   batch_size=cfg.extract_batch_size, progress=progress,
-                                                   extract_to=target)
-        out["stories"] = corpus_report(Path(run_dir) / STORIES_FILE, emotions).summary()
+    report = corpus_report(run_dir / STORIES_FILE, emotions)
+    out: dict[str, Any] = {"stories": report.summary(), "neutral": neutral.summary()}
+    if checks:
+        out["content_check"] = checks[-1].summary
+        pools = [c.pools for c in checks if c.pools is not None]
+        if pools and target is not None:
+            out["content_check"]["shards_written"] = write_checked_shards(lm, run_dir, emotions, PooledTexts.concat(pools),
+                                                                           target, cfg.extract_batch_size)
+    if cfg.refill and not cfg.import_stories:
+        out["refill"] = _refill_summary(run_dir, emotions, cfg.refill, refills, report)
     return out
+
+
+def _check(lm: LanguageModel, run_dir: Path, emotions: list[str], cfg: RunConfig, progress: bool,
+           target: ShardTarget | None) -> CheckResult:
+    return check_stories(lm, run_dir, emotions, cfg.content_check, batch_size=cfg.extract_batch_size,
+                         progress=progress, pool_for=target)
+
+
+def _refill_summary(run_dir: Path, emotions: list[str], target: int, rounds: list[dict[str, Any]],
+                    report: CorpusReport) -> dict[str, Any]:
+    """What the replacement rounds wrote and kept, and how many emotions stay short of the target."""
+    rows = [r for r in read_jsonl(run_dir / STORIES_FILE) if refill_round(r) > 0 and r.get("emotion") in emotions]
+    for rnd in rounds:
+        mine = [r for r in rows if refill_round(r) == rnd["round"]]
+        rnd.update(written=len(mine), kept=sum(bool(r.get("kept")) for r in mine))
+    return {"target": target, "rounds": rounds, "written": len(rows), "kept": sum(bool(r.get("kept")) for r in rows),
+            "short_emotions": sum(n < target for n in report.per_emotion.values())}
 
 
 def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progress: bool = True,

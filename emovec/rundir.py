@@ -62,6 +62,7 @@ class RunConfig:
     prime: bool = False
     keep_named: bool = False  # keep stories that name their emotion (the naming filter off: an ablation)
     content_check: float = 0.0  # > 0: drop stories whose emotion the model ranks outside this top share (content_check)
+    refill: int = 0  # > 0: write replacement stories for emotions that keep fewer than this (corpus.refill_stories)
     n_neutral: int = 200
     max_new_tokens: int = 150
     temperature: float = 0.8
@@ -107,7 +108,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The content check keeps stories whose emotion the model itself ranks in the top 35% of the 171: the largest
     # share measured (0.25, 0.35, 0.5, 1 on one demo corpus) at which all six steering emotions moved VADER the
     # expected way (README "The content check"); the human norms played no part in the choice.
-    "quick": {"per_emotion": 10, "n_neutral": 64, "token_start": 20, "dtype": "auto", "content_check": 0.35},
+    "quick": {"per_emotion": 10, "n_neutral": 64, "token_start": 20, "dtype": "auto", "content_check": 0.35,
+              "refill": 6},
     # The brief's trial size: all 171 emotions x 15 stories of 150 tokens.
     "standard": {"per_emotion": 15, "n_neutral": 300},
     # The paper's size: 100 topics x 12 stories per emotion (GPU territory).
@@ -117,7 +119,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Settings that change what a run produces; a resumed run must keep them. Batch sizes, dtypes and the
 # device are among them: they change the numbers (padding, kernels) and so the sampled stories.
 _IDENTITY = ("model", "writer", "concepts", "emotions", "stories_per_prompt", "prompt_style", "topics", "repetition_penalty",
-             "prime", "keep_named", "content_check", "max_new_tokens", "temperature", "top_p", "seed",
+             "prime", "keep_named", "content_check", "refill", "max_new_tokens", "temperature", "top_p", "seed",
              "token_start", "denoise_fraction", "gen_batch_size", "extract_batch_size", "gen_dtype", "backend", "dtype")
 # What a run.json written before the recipe settings existed was made with (the old default recipe).
 _BEFORE_RECIPES = {"prompt_style": "detailed", "topics": None, "repetition_penalty": 1.1}
@@ -140,7 +142,7 @@ def make_config(preset: str | None = None, **overrides: Any) -> RunConfig:
     return RunConfig(**values)
 
 
-_INT_MIN = {"per_emotion": 1, "stories_per_prompt": 1, "n_neutral": 0, "max_new_tokens": 1, "seed": None,
+_INT_MIN = {"per_emotion": 1, "stories_per_prompt": 1, "n_neutral": 0, "refill": 0, "max_new_tokens": 1, "seed": None,
             "token_start": 1, "gen_batch_size": 1, "extract_batch_size": 1, "folds": 2}
 _OPTIONAL_STR = ("writer", "concepts", "gen_dtype", "dtype", "import_stories")
 

@@ -120,6 +120,10 @@ def run_options(f: _F) -> _F:
                      help="after writing, ask the model which emotion each kept story shows and drop those whose "
                           "emotion it ranks outside this top share of the emotions (e.g. 0.5; 0: off, the default; "
                           "README \"The content check\")"),
+        click.option("--refill", type=click.IntRange(min=0), default=None, metavar="N",
+                     help="after the filters (and the content check), write replacement stories for every emotion "
+                          "that keeps fewer than N, in up to 2 rounds and at most --per-emotion more each "
+                          "(0: off, the default; the quick preset uses 6)"),
         click.option("--token-start", type=click.IntRange(min=1), default=None, help="first pooled token position"),
         click.option("--denoise-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
                      help="neutral variance explained by the projected-out components"),
@@ -200,6 +204,10 @@ def _print_summary(s: dict[str, Any]) -> None:
                    f"top {cc['fraction']:.0%} of the emotions, or among its {cc['min_keep']} best); median rank "
                    f"{cc['median_rank']:.0f}, top 10% for {cc['top10pct_rate']:.0%}"
                    + ("; the same pass pooled the kept stories' activations" if cc.get("shards_written") else ""))
+    if c.get("refill"):
+        rf = c["refill"]
+        click.echo(f"replacement stories: {rf['kept']} kept of {rf['written']} written in {len(rf['rounds'])} round(s) "
+                   f"for the emotions that kept fewer than {rf['target']}; {rf['short_emotions']} still below it")
     click.echo(f"neutral dialogues: {ne['kept']} kept of {ne['written']}")
     click.echo(f"layer used: {s['layer']} (about two thirds of depth)")
     click.echo(f"held-out recognition ({r['folds']}-fold, {r['n_stories']} stories, {r['n_emotions']} emotions): "

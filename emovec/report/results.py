@@ -56,10 +56,11 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
                     "model_dtype": settings.get("dtype") or ("float32" if settings.get("device", "cpu") == "cpu" else "bfloat16")},
         "recipe": {k: settings.get(k) for k in ("per_emotion", "prompt_style", "topics", "prime", "max_new_tokens",
                                                 "temperature", "top_p", "repetition_penalty", "token_start",
-                                                "n_neutral", "seed", "content_check")},
+                                                "n_neutral", "seed", "content_check", "refill")},
         "corpus": {"written": corpus["stories"]["written"], "kept": corpus["stories"]["kept"],
                    "drop_rate": corpus["stories"]["drop_rate"], "neutral_kept": corpus["neutral"]["kept"],
-                   "dropped": corpus["stories"].get("dropped"), "content_check": corpus.get("content_check")},
+                   "dropped": corpus["stories"].get("dropped"), "content_check": corpus.get("content_check"),
+                   "refill": corpus.get("refill")},
         "timings_s": summary.get("timings"),
         "layer": summary["layer"], "n_vectors": summary["n_vectors"],
         "recognition": {k: rec[k] for k in ("n_emotions", "n_stories", "folds", "top1", "top5", "p_top1",
@@ -264,7 +265,8 @@ def markdown(res: dict[str, Any]) -> str:
     c = res["corpus"]
     rows = [
         ("corpus", f"{c['kept']} stories kept of {c['written']} written ({c['drop_rate']:.1%} filtered{_why(c)}), "
-                   f"{res['n_vectors']} emotions; {c['neutral_kept']} neutral dialogues", "1,200 stories per emotion"),
+                   f"{res['n_vectors']} emotions{_refill_text(c.get('refill'))}; {c['neutral_kept']} neutral dialogues",
+         "1,200 stories per emotion"),
         ("held-out recognition, layer " + str(res["layer"]),
          f"top-1 {rec['top1']:.1%} (chance {rec['chance_top1']:.1%}, p = {rec['p_top1']:.2g}), top-5 {rec['top5']:.1%} "
          f"(chance {rec['chance_top5']:.1%}), n = {rec['n_stories']}", "-"),
@@ -305,6 +307,14 @@ def markdown(res: dict[str, Any]) -> str:
     table = "| measure | this run | paper |\n| --- | --- | --- |\n" + "".join(
         f"| {a} | {b} | {p} |\n" for a, b, p in rows)
     return head + "\n\n" + table
+
+
+def _refill_text(rf: dict[str, Any] | None) -> str:
+    """"(of them 180 kept of 420 replacement stories ...)" for runs that wrote replacements."""
+    if not rf:
+        return ""
+    return (f" (of them {rf['kept']} kept of {rf['written']} replacement stories written in {len(rf['rounds'])} "
+            f"round(s) for emotions below {rf['target']}; {rf['short_emotions']} emotions still below)")
 
 
 def _why(corpus: dict[str, Any]) -> str:
