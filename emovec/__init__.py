@@ -18,7 +18,15 @@ from ._version import __version__
 from .activations import CorpusActivations, extract_corpus, load_corpus_activations, pool_mask, pool_texts
 from .concepts import load_concepts, resolve_emotions
 from .control_vectors import ControlVectorFile, export_emotions, export_gguf, import_gguf, read_gguf
-from .corpus import generate_neutral, generate_stories, import_stories, load_corpus, names_emotion, parse_stories
+from .corpus import (
+    generate_neutral,
+    generate_stories,
+    import_stories,
+    load_corpus,
+    names_emotion,
+    parse_stories,
+    refill_stories,
+)
 from .experiments.blackmail import Grade, Grader, JudgeGrader, RuleGrader, load_scenario, run_blackmail
 from .experiments.common import Condition, SampleStore, reply_scores, sweep, wilson
 from .experiments.hacking import check_solution, classify_hack, gaming_evidence, load_tasks, run_reward_hacking
@@ -50,5 +58,5 @@ __all__ = [
     "Condition", "FastBackend", "Grade", "Grader", "JudgeGrader", "RuleGrader", "SampleStore", "bradley_terry",
     "check_solution", "classify_hack", "decode", "gaming_evidence", "fit_elo", "load_activities", "load_scenario", "load_tasks",
     "pair_preferences", "reply_scores", "run_blackmail", "run_preferences", "run_reward_hacking", "sweep", "wilson",
-    "ControlVectorFile", "export_emotions", "export_gguf", "import_gguf", "read_gguf",
+    "ControlVectorFile", "export_emotions", "export_gguf", "import_gguf", "read_gguf", "refill_stories",
 ]

@@ -286,7 +286,7 @@ def generate_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str
 
 def _write_stories(lm: LanguageModel, backend: GenerationBackend, path: Path, jobs: Sequence[StoryJob],
                    sampling: Sampling, seed: int, chunk: int, progress: bool, prime: bool, keep_named: bool,
-                   refill_round: int = 0) -> None:
+                   round_: int = 0) -> None:
     """Write `jobs` into the story file (resumable), each story judged by the filters; refill rows say their round."""
     def rows_of(job: StoryJob, response: str) -> list[dict[str, Any]]:
         stories = parse_stories(response, job.n)[: job.n] or [""]
@@ -295,11 +295,11 @@ def _write_stories(lm: LanguageModel, backend: GenerationBackend, path: Path, jo
             reason = judge_story(text, job.emotion, keep_named=keep_named)
             rows.append({"id": f"{job.id}#{i}", "job": job.id, "emotion": job.emotion, "topic": job.topic,
                          "person": job.person, "text": text, "kept": reason is None, "reason": reason,
-                         "source": "model", **({"refill": refill_round} if refill_round else {})})
+                         "source": "model", **({"refill": round_} if round_ else {})})
         return rows
 
     render = (lambda j: lm.chat(j.prompt()) + j.prime()) if prime and all(j.n == 1 for j in jobs) else (lambda j: lm.chat(j.prompt()))
-    desc = f"refill {refill_round}" if refill_round else "stories"
+    desc = f"refill {round_}" if round_ else "stories"
     _chunked_run(jobs, path, backend, sampling, seed, chunk, render, rows_of, desc, progress)
 
 
@@ -356,8 +356,17 @@ def refill_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str |
                        stories_per_prompt, seed, style)
     if jobs:
         _write_stories(lm, backend, path, jobs, sampling or Sampling(), refill_seed(seed, round_), chunk, progress,
-                       prime, keep_named, refill_round=round_)
+                       prime, keep_named, round_=round_)
     return jobs
+
+
+def refill_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How many replacement stories were written and kept, in all and per round."""
+    extra = [r for r in rows if refill_round(r) > 0]
+    rounds = [[r for r in extra if refill_round(r) == n] for n in sorted({refill_round(r) for r in extra})]
+    return {"written": len(extra), "kept": sum(bool(r.get("kept")) for r in extra),
+            "rounds": [{"round": refill_round(g[0]), "written": len(g), "kept": sum(bool(r.get("kept")) for r in g)}
+                       for g in rounds]}
 
 
 def refill_seed(seed: int, round_: int) -> int:

@@ -25,8 +25,8 @@ from .corpus import (
     generate_stories,
     import_stories,
     load_corpus,
-    refill_round,
     refill_stories,
+    refill_summary,
     topics,
 )
 from .distributed import RayOptions, RayPool, ray_session
@@ -104,7 +104,8 @@ def stage_stories(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
     report = corpus_report(run_dir / STORIES_FILE, emotions)
     out: dict[str, Any] = {"stories": report.summary(), "neutral": neutral.summary()}
     if checks:
-        out["content_check"] = checks[-1].summary
+        out["content_check"] = {**checks[-1].summary, "scored": sum(c.summary["scored"] for c in checks),
+                                "rescored": any(c.summary["rescored"] for c in checks)}
         pools = [c.pools for c in checks if c.pools is not None]
         if pools and target is not None:
             out["content_check"]["shards_written"] = write_checked_shards(lm, run_dir, emotions, PooledTexts.concat(pools),
@@ -120,15 +121,14 @@ def _check(lm: LanguageModel, run_dir: Path, emotions: list[str], cfg: RunConfig
                          progress=progress, pool_for=target)
 
 
-def _refill_summary(run_dir: Path, emotions: list[str], target: int, rounds: list[dict[str, Any]],
+def _refill_summary(run_dir: Path, emotions: list[str], target: int, requests: list[dict[str, Any]],
                     report: CorpusReport) -> dict[str, Any]:
-    """What the replacement rounds wrote and kept, and how many emotions stay short of the target."""
-    rows = [r for r in read_jsonl(run_dir / STORIES_FILE) if refill_round(r) > 0 and r.get("emotion") in emotions]
-    for rnd in rounds:
-        mine = [r for r in rows if refill_round(r) == rnd["round"]]
-        rnd.update(written=len(mine), kept=sum(bool(r.get("kept")) for r in mine))
-    return {"target": target, "rounds": rounds, "written": len(rows), "kept": sum(bool(r.get("kept")) for r in rows),
-            "short_emotions": sum(n < target for n in report.per_emotion.values())}
+    """What the replacement rounds asked for, wrote and kept, and how many emotions stay short of the target."""
+    rows = [r for r in read_jsonl(run_dir / STORIES_FILE) if r.get("emotion") in emotions]
+    out = refill_summary(rows)
+    asked = {r["round"]: r for r in requests}
+    out["rounds"] = [{**asked.get(r["round"], {}), **r} for r in out["rounds"]]
+    return {"target": target, **out, "short_emotions": sum(n < target for n in report.per_emotion.values())}
 
 
 def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progress: bool = True,

@@ -24,7 +24,7 @@ SETTINGS = {"emotions": EMOTIONS, "per_emotion": 8, "n_neutral": 24, "max_new_to
             "token_start": 4, "topics": 4}
 CLI_ARGS = ["--emotions", ",".join(EMOTIONS), "--per-emotion", "8", "--n-neutral", "24", "--max-new-tokens", "48",
             "--gen-batch-size", "4", "--token-start", "4", "--topics", "4", "--dtype", "float32",
-            "--content-check", "0"]  # as SETTINGS (the CLI's default quick preset has dtype auto and a content check)
+            "--content-check", "0", "--refill", "0"]  # as SETTINGS (the CLI's quick preset: dtype auto, a check, refill)
 WORDS = ("the a cat dog sat ran on under mat table chair window door kitchen garden street morning evening rain sun cup "
          "tea coffee bread letter phone train bus road hill river tree leaf stone paper pen desk lamp wall floor shoe "
          "coat hat bag box key clock bell song voice hand face eye step walk talk look wait open close").split()

@@ -68,6 +68,9 @@ def test_short_emotions_get_replacements_ranked_by_the_first_rounds_yardstick(re
     rf = summary["refill"]
     assert extra and rf["written"] == len(extra) and rf["rounds"][0]["round"] == 1
     assert rf["kept"] == sum(r["kept"] for r in extra)
+    for rnd in rf["rounds"]:  # one story per request, each round over the emotions still short
+        assert rnd["written"] == rnd["requests"] == sum(refill_round(r) == rnd["round"] for r in extra)
+        assert rnd["emotions"] == len({r["emotion"] for r in extra if refill_round(r) == rnd["round"]})
     assert all(r["job"].startswith(f"{r['emotion']}|refill{r['refill']}.") for r in extra)
     for e in EMOTIONS:  # at most per_emotion replacements each
         assert sum(r["emotion"] == e for r in extra) <= 2

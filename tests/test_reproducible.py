@@ -136,7 +136,8 @@ def test_same_command_same_stories_and_vectors_with_the_cpu_loaded(tmp_path):
             b.kill()
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = read_jsonl(quiet / "stories.jsonl"), read_jsonl(busy / "stories.jsonl")
-    assert [r["text"] for r in a] == [r["text"] for r in b] and len(a) == 8
+    assert [r["text"] for r in a] == [r["text"] for r in b]  # replacement rounds included (the quick preset's)
+    assert sum(not r.get("refill") for r in a) == 8
     assert read_json(quiet / RUN_FILE)["gen_dtype"] == read_json(busy / RUN_FILE)["gen_dtype"]
 
 

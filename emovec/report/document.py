@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..corpus import NEUTRAL_FILE, STORIES_FILE, corpus_report
+from ..corpus import NEUTRAL_FILE, STORIES_FILE, corpus_report, refill_summary
 from ..experiments.registry import EXPERIMENTS
 from ..models import LanguageModel
-from ..storage import read_json, write_text
+from ..storage import read_json, read_jsonl, write_text
 from ..validate.crossmodel import geometry_lines
 from ..validate.runner import ANALYSES, PAPER, analyses_dir, lexical_text, load_vectors, run_analyses
 from ..vectors import EmotionVectors
@@ -33,6 +33,10 @@ def _summary_html(run_dir: Path, vecs: EmotionVectors, rec: dict[str, Any] | Non
         if (run_dir / fname).exists():
             c = corpus_report(run_dir / fname).summary()
             rows.append([label, f"{c['kept']} kept of {c['written']} written; filter dropped {c['drop_rate']:.1%} {c['dropped'] or ''}"])
+    rf = refill_summary(read_jsonl(run_dir / STORIES_FILE)) if (run_dir / STORIES_FILE).exists() else None
+    if rf and rf["written"]:
+        rows.append(["replacement stories (for emotions the filters left short)",
+                     f"{rf['kept']} kept of {rf['written']} written in {len(rf['rounds'])} round(s)"])
     out = table(["", ""], rows)
     if rec:
         at = {r["layer"]: r for r in rec["layers"]}

@@ -310,11 +310,12 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def _refill_text(rf: dict[str, Any] | None) -> str:
-    """"(of them 180 kept of 420 replacement stories ...)" for runs that wrote replacements."""
+    """"; replacements: 215 kept of 527 written ..." for runs that wrote replacement stories."""
     if not rf:
         return ""
-    return (f" (of them {rf['kept']} kept of {rf['written']} replacement stories written in {len(rf['rounds'])} "
-            f"round(s) for emotions below {rf['target']}; {rf['short_emotions']} emotions still below)")
+    rounds = len(rf["rounds"])
+    return (f"; replacements: {rf['kept']} kept of {rf['written']} written in {rounds} round{'s' * (rounds != 1)} "
+            f"for the emotions below {rf['target']} ({rf['short_emotions']} still below)")
 
 
 def _why(corpus: dict[str, Any]) -> str:
