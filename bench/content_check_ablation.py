@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emovec.activations import CorpusActivations, load_corpus_activations
+from emovec.activations import load_corpus_activations
 from emovec.content_check import emotion_logprobs, keep_mask, own_ranks, question_suffix
 from emovec.recognition import heldout_recognition, recognition_at
 from emovec.rundir import load_run, run_emotions
@@ -34,19 +34,6 @@ from emovec.validate.steering import SteeringConfig, steering_efficacy
 from emovec.vectors import EmotionVectors
 
 SIX = ("happy", "sad", "calm", "angry", "afraid", "desperate")
-
-
-def subset(acts: CorpusActivations, rows: list[int]) -> CorpusActivations:
-    """The activations of the stories at `rows` only (sums and counts rebuilt from the kept per-story ones)."""
-    labels = [acts.labels[j] for j in rows]
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    for j, e in zip(rows, labels):
-        sums[e] = sums.get(e, 0) + acts.pooled[j].double()
-        counts[e] = counts.get(e, 0) + 1
-    return CorpusActivations(layers=acts.layers, keep_layers=acts.keep_layers, ids=[acts.ids[j] for j in rows],
-                             labels=labels, pooled=acts.pooled[rows], sums=sums, counts=counts,
-                             norm_sum=acts.norm_sum, norm_count=acts.norm_count, start=acts.start)
 
 
 def main() -> None:
@@ -77,7 +64,7 @@ def main() -> None:
     ranks = own_ranks(logprobs, stories.labels, emotions)
     for f in args.fractions:
         keep = keep_mask(ranks, stories.labels, len(emotions), f) if f < 1 else np.ones(len(ranks), bool)
-        sub = subset(stories, [int(j) for j in np.flatnonzero(keep)])
+        sub = stories.subset([int(j) for j in np.flatnonzero(keep)])
         present = [e for e in emotions if sub.counts.get(e, 0) > 0]
         vectors = EmotionVectors.from_activations(sub, neutral, present, cfg.denoise_fraction, model=lm)
         rec = heldout_recognition(sub, neutral, present, folds=min(cfg.folds, min(sub.counts.values())), seed=cfg.seed)

@@ -290,6 +290,21 @@ class CorpusActivations:
     norm_count: int
     start: int
 
+    def subset(self, rows: Sequence[int]) -> CorpusActivations:
+        """The texts at `rows` only, sums and counts rebuilt from their pooled activations (which must then be kept
+        at every extracted layer, as the quick preset keeps them)."""
+        if self.keep_layers != self.layers:
+            raise EmovecError("a subset needs the per-text activations at every layer; extract with keep_layers all")
+        labels = [self.labels[j] for j in rows]
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        for j, e in zip(rows, labels):
+            sums[e] = sums.get(e, 0) + self.pooled[j].double()
+            counts[e] = counts.get(e, 0) + 1
+        return CorpusActivations(layers=self.layers, keep_layers=self.keep_layers, ids=[self.ids[j] for j in rows],
+                                 labels=labels, pooled=self.pooled[list(rows)], sums=sums, counts=counts,
+                                 norm_sum=self.norm_sum, norm_count=self.norm_count, start=self.start)
+
     @property
     def mean_norm(self) -> torch.Tensor:
         """Average residual-stream norm per layer over all non-sink tokens [n_layers]."""

@@ -108,6 +108,13 @@ def test_a_refilled_run_resumes_without_writing_or_scoring_and_its_shards_match_
     shards = {p.name: p.read_bytes() for p in (run_dir / "activations").glob("stories-*.safetensors")}
     stage_extract(run_dir, cfg, lm, progress=False)
     assert {p.name: p.read_bytes() for p in (run_dir / "activations").glob("stories-*.safetensors")} == shards
+    rows = {r["id"]: r for r in read_jsonl(run_dir / "stories.jsonl")}  # the first round alone, as bench/ rebuilds it
+    first = reused.subset([j for j, i in enumerate(reused.ids) if refill_round(rows[i]) == 0])
+    alone = extract_corpus(lm, [rows[i] for i in first.ids], tmp_path / "first", "stories",
+                           keep_layers=keep_layers(cfg, lm), start=cfg.token_start, progress=False)
+    assert first.ids == alone.ids and first.counts == alone.counts and len(first.ids) < len(reused.ids)
+    for e in first.counts:
+        np.testing.assert_allclose(first.sums[e].numpy(), alone.sums[e].numpy(), rtol=1e-4, atol=1e-2)
 
 
 def test_bad_refill_targets_are_one_line_errors(tmp_path):
