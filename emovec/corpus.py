@@ -363,10 +363,10 @@ def refill_stories(lm: LanguageModel, backend: GenerationBackend, run_dir: str |
 def refill_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """How many replacement stories were written and kept, in all and per round."""
     extra = [r for r in rows if refill_round(r) > 0]
-    rounds = [[r for r in extra if refill_round(r) == n] for n in sorted({refill_round(r) for r in extra})]
-    return {"written": len(extra), "kept": sum(bool(r.get("kept")) for r in extra),
-            "rounds": [{"round": refill_round(g[0]), "written": len(g), "kept": sum(bool(r.get("kept")) for r in g)}
-                       for g in rounds]}
+    written = Counter(refill_round(r) for r in extra)
+    kept = Counter(refill_round(r) for r in extra if r.get("kept"))
+    return {"written": len(extra), "kept": sum(kept.values()),
+            "rounds": [{"round": n, "written": written[n], "kept": kept[n]} for n in sorted(written)]}
 
 
 def refill_seed(seed: int, round_: int) -> int:

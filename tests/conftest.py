@@ -20,6 +20,12 @@ DATA = Path(__file__).parent / "data"
 SMALL_EMOTIONS = ["happy", "sad", "afraid", "angry", "calm", "desperate"]
 
 
+def edit_run_file(run_dir: Path, **values: object) -> None:
+    """Overwrite settings in a run's `run.json` by hand, as a user or a damaged disk might."""
+    path = run_dir / "run.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
 @pytest.fixture(scope="session")
 def lm():
     from emovec import load_model

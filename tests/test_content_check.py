@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import DATA, SMALL_EMOTIONS
+from conftest import DATA, SMALL_EMOTIONS, edit_run_file
 from scipy.stats import binomtest
 
 from emovec.cli import main
@@ -86,8 +85,7 @@ def test_bad_fractions_and_empty_corpora_are_one_line_errors(lm, tmp_path):
     res = CliRunner().invoke(main, ["run", str(tmp_path / "r"), "--content-check", "1.5"])
     assert res.exit_code == 2 and "1.5 is not in the range" in res.output
     open_run(tmp_path / "r2", make_config(content_check=0.5))
-    stored = json.loads((tmp_path / "r2" / "run.json").read_text())
-    (tmp_path / "r2" / "run.json").write_text(json.dumps({**stored, "content_check": "half"}))
+    edit_run_file(tmp_path / "r2", content_check="half")
     with pytest.raises(EmovecError, match="content_check='half' is not a share of the emotions"):
         open_run(tmp_path / "r2")
 

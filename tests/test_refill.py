@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import edit_run_file
 
 from emovec.activations import extract_corpus, load_corpus_activations
 from emovec.cli import main
@@ -121,8 +122,7 @@ def test_bad_refill_targets_are_one_line_errors(tmp_path):
     res = CliRunner().invoke(main, ["run", str(tmp_path / "r"), "--refill", "-1"])
     assert res.exit_code == 2 and "-1 is not in the range x>=0" in res.output
     open_run(tmp_path / "r2", make_config(refill=4))
-    stored = json.loads((tmp_path / "r2" / "run.json").read_text())
-    (tmp_path / "r2" / "run.json").write_text(json.dumps({**stored, "refill": "six"}))
+    edit_run_file(tmp_path / "r2", refill="six")
     with pytest.raises(EmovecError, match="refill='six' is not an integer >= 0"):
         open_run(tmp_path / "r2")
     open_run(tmp_path / "r3", make_config(refill=4))
