@@ -54,12 +54,15 @@ def main() -> None:
     for name, keep in variants.items():
         sub = stories.subset(keep)
         present = [e for e in emotions if sub.counts.get(e, 0) > 0]
-        vectors = EmotionVectors.from_activations(sub, neutral, present, cfg.denoise_fraction, model=lm)
-        rec = heldout_recognition(sub, neutral, present, folds=min(cfg.folds, min(sub.counts.values())), seed=cfg.seed)
+        topics = [str(rows[i].get("topic") or "") for i in sub.ids] if cfg.topic_adjust else None  # as the run built them
+        vectors = EmotionVectors.from_activations(sub, neutral, present, cfg.denoise_fraction, model=lm, topics=topics)
+        rec = heldout_recognition(sub, neutral, present, folds=min(cfg.folds, min(sub.counts.values())), seed=cfg.seed,
+                                  topics=topics)
         hold = valence_layer_holdout(vectors)
-        lex = lexical_baseline([rows[i]["text"] for i in sub.ids], sub.labels, folds=rec["folds"], seed=cfg.seed)
+        lex = lexical_baseline([rows[i]["text"] for i in sub.ids], sub.labels, folds=rec["folds"], seed=cfg.seed,
+                               topics=topics)
         counts = np.array([sub.counts.get(e, 0) for e in emotions])
-        row = {"variant": name, "kept": len(sub.ids), "emotions_with_6": int((counts >= 6).sum()),
+        row = {"variant": name, "topic_adjusted": topics is not None, "kept": len(sub.ids), "emotions_with_6": int((counts >= 6).sum()),
                "six_kept": {e: sub.counts.get(e, 0) for e in SIX}, "folds": rec["folds"],
                "top5_layer20": recognition_at(rec, 20)["top5"], "chance_top5": rec["chance_top5"],
                "valence_held_out_r": hold["held_out_r"] if hold else None,

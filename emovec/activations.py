@@ -9,6 +9,7 @@ content-free). A text with `start` or fewer tokens is pooled over positions
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .models import LanguageModel
 from .storage import EmovecError, atomic_path
+from .topics import group_index, remove_group_means
 
 DEFAULT_START = 50
 
@@ -304,6 +306,23 @@ class CorpusActivations:
         return CorpusActivations(layers=self.layers, keep_layers=self.keep_layers, ids=[self.ids[j] for j in rows],
                                  labels=labels, pooled=self.pooled[list(rows)], sums=sums, counts=counts,
                                  norm_sum=self.norm_sum, norm_count=self.norm_count, start=self.start)
+
+    def topic_adjusted(self, topics: Sequence[str]) -> CorpusActivations:
+        """These texts with each one's topic mean removed (`remove_group_means`), sums and counts rebuilt.
+
+        `topics` holds one name per text, in the order of `ids`. Needs the per-text activations at
+        every extracted layer (the quick and standard presets keep them).
+        """
+        if len(topics) != len(self.ids):
+            raise EmovecError(f"topic adjustment needs one topic per text: got {len(topics)} for {len(self.ids)} texts")
+        if self.keep_layers != self.layers:
+            raise EmovecError("topic adjustment needs the per-story activations at every layer; extract with "
+                              "keep_layers all, or run with --no-topic-adjust")
+        pooled = remove_group_means(self.pooled.double(), group_index(topics))
+        sums: dict[str, torch.Tensor] = {}
+        for j, e in enumerate(self.labels):
+            sums[e] = sums.get(e, 0) + pooled[j]
+        return dataclasses.replace(self, pooled=pooled.to(self.pooled.dtype), sums=sums)
 
     @property
     def mean_norm(self) -> torch.Tensor:

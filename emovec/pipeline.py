@@ -50,6 +50,7 @@ from .rundir import (
     resolve_run,
     run_emotions,
     run_model,
+    run_topics,
     run_writer,
     save_run,
 )
@@ -158,7 +159,8 @@ def stage_extract(run_dir: str | Path, cfg: RunConfig, lm: LanguageModel, progre
         log.warning("no kept stories for %d emotion(s): %s; they get no vector", len(missing), ", ".join(missing[:8]))
     vectors = EmotionVectors.from_activations(story_acts, neutral_acts, present, cfg.denoise_fraction, model=lm,
                                               extra_meta={"run": str(run_dir), "model_source": cfg.model,
-                                                          "writer": cfg.writer_model()})
+                                                          "writer": cfg.writer_model()},
+                                              topics=run_topics(run_dir, cfg, story_acts.ids))
     if neutral_rows:  # per-token readout on neutral text: the monitor's z-score baseline
         base = token_baseline(lm, vectors, [r["text"] for r in neutral_rows])
         vectors.meta["token_baseline"] = {str(base["layer"]): base}
@@ -178,7 +180,7 @@ def stage_recognition(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
         neutral = None
     emotions = [e for e in run_emotions(cfg) if e in stories.counts]
     result = heldout_recognition(stories, neutral, emotions, folds=cfg.folds, denoise_fraction=cfg.denoise_fraction,
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, topics=run_topics(run_dir, cfg, stories.ids))
     write_json(Path(run_dir) / "recognition.json", result)
     return result
 
@@ -280,6 +282,7 @@ def _run(run_dir: Path, cfg: RunConfig, lm: LanguageModel | None, progress: bool
     summary = {
         "run_dir": str(run_dir), "model": lm.name, "writer": writer.name, "n_layers": lm.n_layers, "d_model": lm.d_model,
         "corpus": corpus, "layer": layer, "n_vectors": len(vectors.emotions),
+        "topic_adjustment": vectors.info()["topic_adjustment"],
         "recognition": {"n_emotions": recog["n_emotions"], "n_stories": recog["n_stories"], "folds": recog["folds"],
                         "top1": at["top1"], "top5": at["top5"], "p_top1": at["p_top1"], "chance_top1": recog["chance_top1"],
                         "chance_top5": recog["chance_top5"], "best_layer": recog["best_layer"],

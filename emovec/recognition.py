@@ -16,6 +16,7 @@ from scipy.stats import binomtest
 
 from .activations import CorpusActivations
 from .storage import EmovecError
+from .topics import group_index, remove_group_means
 from .vectors import denoise_components, project_out
 
 
@@ -49,7 +50,7 @@ def class_means(x: torch.Tensor, y: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 def heldout_ranks(x: torch.Tensor, y: np.ndarray, n_classes: int, comps: torch.Tensor,
-                  assign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  assign: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k-fold loop of held-out recognition: each item's rank of its true class (0 = top) and its top class.
 
     `x` [n, d] pooled activations, `y` [n] class indices in 0..n_classes-1, `comps` [k, d]
@@ -57,15 +58,18 @@ def heldout_ranks(x: torch.Tensor, y: np.ndarray, n_classes: int, comps: torch.T
     fold, vectors are the training class means minus their grand mean, with `comps`
     projected out, scaled to unit length; a held-out item's scores are its activation
     minus that grand mean projected on them. Every class needs training items in every fold.
+    With `groups` [n] (topic indices) every item first has its group's mean deviation
+    removed, the means taken over the training items only (`remove_group_means`).
     """
     ranks = np.zeros(len(y), dtype=int)
     pred = np.zeros(len(y), dtype=int)
     for f in np.unique(assign):
         tr, te = assign != f, assign == f
-        means = class_means(x[tr], y[tr], n_classes)
+        xf = x if groups is None else remove_group_means(x, groups, fit=tr)
+        means = class_means(xf[tr], y[tr], n_classes)
         grand = means.mean(0)
         units = unit_rows(project_out(means - grand, comps))
-        scores = (x[te] - grand) @ units.T
+        scores = (xf[te] - grand) @ units.T
         order = torch.argsort(scores, dim=1, descending=True).numpy()
         truth = y[te]
         ranks[te] = np.argmax(order == truth[:, None], axis=1)
@@ -101,16 +105,21 @@ def top1_p(ranks: np.ndarray, n_classes: int) -> float:
 
 def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations | None, emotions: Sequence[str],
                         layers: Sequence[int] | None = None, folds: int = 5, denoise_fraction: float = 0.5,
-                        seed: int = 0, top_confusions: int = 10) -> dict[str, Any]:
+                        seed: int = 0, top_confusions: int = 10, topics: Sequence[str] | None = None) -> dict[str, Any]:
     """K-fold held-out recognition: vectors from the other folds classify each story by its top score.
 
     A story's scores are the projections of its pooled activation, centred on the
     training grand mean, onto the training unit vectors (denoised as in
-    `EmotionVectors`). Only emotions with at least two stories take part.
+    `EmotionVectors`). Only emotions with at least two stories take part. With `topics`
+    (one per story, in the order of `stories.ids`) the vectors are topic-adjusted as
+    `EmotionVectors.from_activations` adjusts them, from the training folds' stories only.
     Returns per-layer top-1/top-5 accuracy with a one-sided binomial p-value of the
     top-1 hits against chance, chance levels, and the most-confused pairs.
     """
     names, keep, y, folds, assign = heldout_split(stories.labels, emotions, folds, seed)
+    if topics is not None and len(topics) != len(stories.ids):
+        raise EmovecError(f"held-out recognition needs one topic per story: got {len(topics)} for {len(stories.ids)}")
+    groups = np.array(group_index([topics[i] for i in keep])) if topics is not None else None
     layers = list(stories.keep_layers) if layers is None else list(layers)
     per_layer: list[dict[str, Any]] = []
     for layer in layers:
@@ -120,7 +129,7 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
         comps = torch.zeros(0, x.shape[1], dtype=torch.float64)
         if neutral is not None and denoise_fraction > 0 and layer in neutral.keep_layers:
             comps = denoise_components(neutral.pooled[:, neutral.keep_layers.index(layer)], denoise_fraction)[0].to(torch.float64)
-        ranks, pred = heldout_ranks(x, y, len(names), comps, assign)
+        ranks, pred = heldout_ranks(x, y, len(names), comps, assign, groups)
         per_layer.append({"layer": layer, "top1": float(np.mean(ranks == 0)), "top5": float(np.mean(ranks < 5)),
                           "mean_rank": float(np.mean(ranks) + 1), "p_top1": top1_p(ranks, len(names)), "_pred": pred})
     best = max(per_layer, key=lambda r: (r["top1"], r["top5"]))
@@ -130,7 +139,7 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
     n = len(names)
     return {
         "n_emotions": n, "n_stories": len(keep), "folds": folds, "denoise_fraction": denoise_fraction,
-        "chance_top1": 1 / n, "chance_top5": min(5, n) / n, "layers": per_layer,
+        "chance_top1": 1 / n, "chance_top5": min(5, n) / n, "topic_adjusted": topics is not None, "layers": per_layer,
         "best_layer": best["layer"],
         "confusions": [{"true": a, "predicted": b, "count": c} for (a, b), c in pairs.most_common(top_confusions)],
     }

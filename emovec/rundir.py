@@ -31,7 +31,7 @@ from typing import Any, Literal, cast
 import torch
 
 from .concepts import load_concepts, resolve_emotions
-from .corpus import STYLES
+from .corpus import STYLES, load_corpus
 from .generation import FastBackend, GenerationBackend, HFBackend, Sampling, resolve_writer_dtype
 from .models import DEFAULT_MODEL, LanguageModel, load_model
 from .provenance import cpu_info, drift, file_fingerprint, library_versions
@@ -72,6 +72,7 @@ class RunConfig:
     token_start: int = 50
     keep_layers: list[int] | Literal["all", "two-thirds"] | None = None
     denoise_fraction: float = 0.5
+    topic_adjust: bool = True  # remove each story's topic mean before averaging (CorpusActivations.topic_adjusted)
     gen_batch_size: int = 256
     backend: str = "auto"
     gen_dtype: str | None = "auto"
@@ -116,16 +117,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The brief's trial size: all 171 emotions x 15 stories of 150 tokens.
     "standard": {"per_emotion": 15, "n_neutral": 300},
     # The paper's size: 100 topics x 12 stories per emotion (GPU territory).
-    "paper": {"per_emotion": 1200, "n_neutral": 1200, "keep_layers": "two-thirds", "gen_dtype": None},
+    # Keeps per-story activations at one layer, so no topic adjustment (at 1,200 stories topics average out).
+    "paper": {"per_emotion": 1200, "n_neutral": 1200, "keep_layers": "two-thirds", "gen_dtype": None,
+              "topic_adjust": False},
 }
 
 # Settings that change what a run produces; a resumed run must keep them. Batch sizes, dtypes and the
 # device are among them: they change the numbers (padding, kernels) and so the sampled stories.
 _IDENTITY = ("model", "writer", "concepts", "emotions", "stories_per_prompt", "prompt_style", "topics", "repetition_penalty",
              "prime", "keep_named", "content_check", "refill", "max_new_tokens", "temperature", "top_p", "seed",
-             "token_start", "denoise_fraction", "gen_batch_size", "extract_batch_size", "gen_dtype", "backend", "dtype")
+             "token_start", "denoise_fraction", "topic_adjust", "gen_batch_size", "extract_batch_size", "gen_dtype", "backend", "dtype")
 # What a run.json written before the recipe settings existed was made with (the old default recipe).
 _BEFORE_RECIPES = {"prompt_style": "detailed", "topics": None, "repetition_penalty": 1.1}
+# What a run.json written before a later setting existed was made with.
+_BEFORE_SETTING = {"topic_adjust": False}
 # Provenance entries compared on resume (the thread count is recorded for information only).
 _DRIFT_KEYS = ("versions", "cpu", "model_files", "model_config", "writer_files", "writer_config")
 
@@ -186,7 +191,7 @@ def check_config(cfg: RunConfig, source: str = "run settings") -> None:
     for key in _OPTIONAL_STR:
         if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), str):
             raise bad(key, "a string")
-    for key in ("prime", "trust_remote_code"):
+    for key in ("prime", "trust_remote_code", "topic_adjust"):
         if not isinstance(getattr(cfg, key), bool):
             raise bad(key, "true or false")
     if cfg.emotions is not None and not (isinstance(cfg.emotions, list) and cfg.emotions
@@ -196,6 +201,9 @@ def check_config(cfg: RunConfig, source: str = "run settings") -> None:
     if kl is not None and kl not in ("all", "two-thirds") and not (
             isinstance(kl, list) and all(isinstance(lay, int) and not isinstance(lay, bool) for lay in kl)):
         raise bad("keep_layers", "a list of layer numbers, 'all' or 'two-thirds'")
+    if cfg.topic_adjust and kl not in (None, "all"):
+        raise EmovecError(f"{source}: topic adjustment needs the per-story activations at every layer, but keep_layers "
+                          f"is {kl!r}; keep all layers or turn it off (--no-topic-adjust)")
     for key in ("extra", "provenance"):
         if not isinstance(getattr(cfg, key), dict):
             raise bad(key, "a table")
@@ -217,6 +225,7 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool =
             raise EmovecError(f"{path}: not a run file; remove it or choose another run directory")
         known = {f.name for f in dataclasses.fields(RunConfig)}
         stored = {**_BEFORE_RECIPES, **stored} if "prompt_style" not in stored else stored
+        stored = {**_BEFORE_SETTING, **stored}
         saved = RunConfig(**{k: v for k, v in stored.items() if k in known})
         check_config(saved, f"{path}")
         if config is None:
@@ -237,6 +246,7 @@ def open_run(run_dir: str | Path, config: RunConfig | None = None, write: bool =
         return merged
     if config is None:
         raise EmovecError(f"{run_dir} is not a run directory (no {RUN_FILE}); start one with `emovec run {run_dir}`")
+    check_config(config)
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(path, dataclasses.asdict(config))
@@ -406,6 +416,21 @@ def close_engine(worker: object) -> None:
     """Shut down the engine behind a backend or pooler, if it has one (vLLM's run in processes of their own)."""
     if isinstance(worker, (VLLMBackend, VLLMPooler)):
         worker.close()
+
+
+def run_topics(run_dir: str | Path, cfg: RunConfig, ids: list[str]) -> list[str] | None:
+    """Each story's topic, for the stories `ids`, when the run adjusts for topics (`topic_adjust`); else None.
+
+    Stories without a topic (imported ones) share the topic "", so a corpus without topics is left as it is.
+    """
+    if not cfg.topic_adjust:
+        return None
+    topic = {str(r["id"]): str(r.get("topic") or "") for r in load_corpus(run_dir, "stories")}
+    missing = [i for i in ids if i not in topic]
+    if missing:
+        raise EmovecError(f"{run_dir}: {len(missing)} stories with activations are not kept in stories.jsonl (e.g. "
+                          f"{missing[0]}); delete {Path(run_dir) / 'activations'} and resume to re-extract")
+    return [topic[i] for i in ids]
 
 
 def keep_layers(cfg: RunConfig, lm: LanguageModel) -> list[int]:

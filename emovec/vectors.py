@@ -76,8 +76,16 @@ class EmotionVectors:
     @classmethod
     def from_activations(cls, stories: CorpusActivations, neutral: CorpusActivations | None, emotions: list[str],
                          denoise_fraction: float = 0.5, model: LanguageModel | None = None,
-                         extra_meta: dict[str, Any] | None = None) -> EmotionVectors:
-        """Build vectors from extracted story (and neutral) activations."""
+                         extra_meta: dict[str, Any] | None = None,
+                         topics: Sequence[str] | None = None) -> EmotionVectors:
+        """Build vectors from extracted story (and neutral) activations.
+
+        With `topics` (one per story, in the order of `stories.ids`) each story's topic mean is
+        removed first (`CorpusActivations.topic_adjusted`), so an emotion's vector does not carry
+        the topics its few stories happened to be about.
+        """
+        if topics is not None:
+            stories = stories.topic_adjusted(topics)
         missing = [e for e in emotions if stories.counts.get(e, 0) == 0]
         if missing:
             raise EmovecError(f"no stories for {len(missing)} emotion(s) ({', '.join(missing[:5])}); generate more stories "
@@ -106,6 +114,7 @@ class EmotionVectors:
             "denoise_k": {str(k): int(v.shape[0]) for k, v in components.items()},
             "denoise_explained": {str(k): round(v, 4) for k, v in explained.items()},
             "score": "projection of (activation - grand_mean) on the unit vector",
+            "topic_adjusted": topics is not None, "n_topics": len(set(topics)) if topics is not None else 0,
         }
         if model is not None:
             meta.update(model_meta(model))
@@ -231,6 +240,8 @@ class EmotionVectors:
             "stories": sum(n.values()) if isinstance(n, dict) else n, "neutral_texts": self.meta.get("n_neutral"),
             "token_start": self.meta.get("token_start"), "denoise_fraction": self.meta.get("denoise_fraction"),
             "denoise_k": self.meta.get("denoise_k", {}).get(str(self.default_layer)),
+            "topic_adjustment": (f"each story's topic mean removed ({self.meta.get('n_topics')} topics)"
+                                 if self.meta.get("topic_adjusted") else "none"),
             "mean_norm_default_layer": round(float(self.mean_norm[self.layer_index(None)]), 3),
             "score": self.meta.get("score"), "emovec_version": self.meta.get("emovec_version"),
         }

@@ -57,7 +57,7 @@ def _extract_settings(tmp_path: Path) -> dict:
     src = tmp_path / "stories.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in picked))
     return {"emotions": EMOTIONS, "import_stories": str(src), "n_neutral": 0, "folds": 2, "keep_layers": [10, 20],
-            "seed": 7}
+            "topic_adjust": False, "seed": 7}
 
 
 def _start(run_dir: Path, stage: str, settings: dict) -> subprocess.Popen:

@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "emovec"
 
 # Bottom to top. Core modules are ordered among themselves too, so the core has no cycle either.
-CORE = ["_version", "storage", "plotting", "provenance", "attention", "embedded", "models", "concepts", "activations", "vectors",
+CORE = ["_version", "storage", "plotting", "provenance", "attention", "embedded", "models", "concepts", "topics", "activations", "vectors",
         "generation", "readout", "steering", "control_vectors", "corpus", "content_check", "recognition", "vllm_engine",
         "rundir", "distributed", "pipeline"]
 LAYERS = ["validate", "live", "experiments", "report", "cli", "__init__"]

@@ -48,7 +48,8 @@ def _import_settings(tmp_path: Path) -> dict:
     rows = [json.loads(line) for line in (DATA / "stories_small.jsonl").read_text().splitlines() if line.strip()]
     src = tmp_path / "import.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows if r["emotion"] in ("happy", "sad")))
-    return {"emotions": ["happy", "sad"], "import_stories": str(src), "n_neutral": 0, "folds": 2, "keep_layers": [20]}
+    return {"emotions": ["happy", "sad"], "import_stories": str(src), "n_neutral": 0, "folds": 2, "keep_layers": [20],
+            "topic_adjust": False}
 
 
 def test_a_new_run_records_what_decides_its_numbers(lm, tmp_path):

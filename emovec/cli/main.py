@@ -127,6 +127,9 @@ def run_options(f: _F) -> _F:
         click.option("--token-start", type=click.IntRange(min=1), default=None, help="first pooled token position"),
         click.option("--denoise-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
                      help="neutral variance explained by the projected-out components"),
+        click.option("--topic-adjust/--no-topic-adjust", default=None,
+                     help="remove each story's topic mean before averaging its emotion's stories (default: on; "
+                          "README \"Topic adjustment\")"),
         click.option("--seed", type=int, default=None),
         click.option("--gen-batch-size", type=click.IntRange(min=1), default=None),
         click.option("--gen-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default=None,
@@ -210,6 +213,8 @@ def _print_summary(s: dict[str, Any]) -> None:
                    f"for the emotions that kept fewer than {rf['target']}; {rf['short_emotions']} still below it")
     click.echo(f"neutral dialogues: {ne['kept']} kept of {ne['written']}")
     click.echo(f"layer used: {s['layer']} (about two thirds of depth)")
+    if s.get("topic_adjustment", "none") != "none":
+        click.echo(f"topic adjustment: {s['topic_adjustment']} before each emotion's stories are averaged")
     click.echo(f"held-out recognition ({r['folds']}-fold, {r['n_stories']} stories, {r['n_emotions']} emotions): "
                f"top-1 {r['top1']:.1%} (chance {r['chance_top1']:.1%}, binomial p = {r['p_top1']:.1g}), "
                f"top-5 {r['top5']:.1%} (chance {r['chance_top5']:.1%})")

@@ -28,6 +28,7 @@ def _summary_html(run_dir: Path, vecs: EmotionVectors, rec: dict[str, Any] | Non
             ["default layer (about 2/3 of depth)", info["default_layer"]], ["emotions", info["n_emotions"]],
             ["stories used for vectors", info["stories"]], ["neutral texts (denoising)", info["neutral_texts"]],
             ["denoising", f"{info['denoise_k']} neutral PCs (fraction {info['denoise_fraction']})"],
+            ["topic adjustment", info["topic_adjustment"]],
             ["pooling starts at token", info["token_start"]], ["readout score", info["score"]]]
     for label, fname in (("story corpus", STORIES_FILE), ("neutral corpus", NEUTRAL_FILE)):
         if (run_dir / fname).exists():

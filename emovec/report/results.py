@@ -56,7 +56,7 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
                     "model_dtype": settings.get("dtype") or ("float32" if settings.get("device", "cpu") == "cpu" else "bfloat16")},
         "recipe": {k: settings.get(k) for k in ("per_emotion", "prompt_style", "topics", "prime", "max_new_tokens",
                                                 "temperature", "top_p", "repetition_penalty", "token_start",
-                                                "n_neutral", "seed", "content_check", "refill")},
+                                                "n_neutral", "seed", "content_check", "refill", "topic_adjust")},
         "corpus": {"written": corpus["stories"]["written"], "kept": corpus["stories"]["kept"],
                    "drop_rate": corpus["stories"]["drop_rate"], "neutral_kept": corpus["neutral"]["kept"],
                    "dropped": corpus["stories"].get("dropped"), "content_check": corpus.get("content_check"),
@@ -265,7 +265,8 @@ def markdown(res: dict[str, Any]) -> str:
     c = res["corpus"]
     rows = [
         ("corpus", f"{c['kept']} stories kept of {c['written']} written ({c['drop_rate']:.1%} filtered{_why(c)}), "
-                   f"{res['n_vectors']} emotions{_refill_text(c.get('refill'))}; {c['neutral_kept']} neutral dialogues",
+                   f"{res['n_vectors']} emotions{_refill_text(c.get('refill'))}; {c['neutral_kept']} neutral dialogues"
+                   f"{_topic_text(res['recipe'])}",
          "1,200 stories per emotion"),
         ("held-out recognition, layer " + str(res["layer"]),
          f"top-1 {rec['top1']:.1%} (chance {rec['chance_top1']:.1%}, p = {rec['p_top1']:.2g}), top-5 {rec['top5']:.1%} "
@@ -290,7 +291,8 @@ def markdown(res: dict[str, Any]) -> str:
                 f"k={r['k']}: top-5 {_f(r['top5'], '.1%')}, valence r {_f(r['valence_r'])}" for r in other["rows"][-4:]),
                 "-"))
     if res.get("lexical"):
-        rows.append(("lexical baseline: the same measures on the stories' words (TF-IDF), no model",
+        rows.append(("lexical baseline: the same measures on the stories' words (TF-IDF"
+                     + (", topic-adjusted likewise" if res["recipe"].get("topic_adjust") else "") + "), no model",
                      lexical_text(res["lexical"]), "-"))
     if st:
         rows.append(("steering judged from outside (VADER)", str(st.get("text") or st), "moves text as intended"))
@@ -307,6 +309,13 @@ def markdown(res: dict[str, Any]) -> str:
     table = "| measure | this run | paper |\n| --- | --- | --- |\n" + "".join(
         f"| {a} | {b} | {p} |\n" for a, b, p in rows)
     return head + "\n\n" + table
+
+
+def _topic_text(recipe: dict[str, Any]) -> str:
+    """"; vectors adjusted for the stories' 12 topics" for runs built with topic adjustment."""
+    if not recipe.get("topic_adjust"):
+        return ""
+    return f"; vectors adjusted for the stories' {recipe.get('topics') or 'built-in'} topics"
 
 
 def _refill_text(rf: dict[str, Any] | None) -> str:

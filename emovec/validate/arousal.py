@@ -26,6 +26,7 @@ import torch
 from ..activations import CorpusActivations, load_corpus_activations
 from ..corpus import load_corpus
 from ..recognition import class_means
+from ..rundir import open_run, run_topics
 from ..storage import EmovecError
 from ..vectors import EmotionVectors, denoise_components, project_out
 from .analyses import correlation, load_norms, pca_against_norms, split_halves
@@ -459,5 +460,8 @@ def analyze_run(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     except EmovecError:
         neutral = None
     vectors = EmotionVectors.load(run_dir / "vectors.safetensors")
+    if vectors.meta.get("topic_adjusted"):  # rebuild the vectors as the run built them
+        topics = run_topics(run_dir, open_run(run_dir, write=False), stories.ids)
+        stories = stories.topic_adjusted(topics) if topics is not None else stories
     out = arousal_analysis(stories, neutral, vectors, lengths=story_lengths(run_dir), **kwargs)
     return {"run_dir": str(run_dir), "model": vectors.meta.get("model"), **out}

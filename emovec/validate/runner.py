@@ -13,7 +13,7 @@ from typing import Any
 from ..activations import load_corpus_activations
 from ..corpus import load_corpus
 from ..models import LanguageModel
-from ..rundir import VECTORS_FILE, open_run, run_emotions, run_model
+from ..rundir import VECTORS_FILE, open_run, run_emotions, run_model, run_topics
 from ..steering import SteeringVector, steering_vector
 from ..storage import EmovecError, read_json, write_json
 from ..vectors import EmotionVectors
@@ -49,15 +49,19 @@ def _scaling(run_dir: Path, vecs: EmotionVectors) -> dict[str, Any]:
     sweep_file = analyses_dir(run_dir) / "layer-sweep.json"
     sweep = read_json(sweep_file) if sweep_file.exists() else an.layer_sweep(vecs)
     why = "best PC1-valence layer of the layer sweep (chosen on the human norms: not held out)"
-    share = scl.CHECKED_MIN_SHARE if open_run(run_dir, write=False).content_check else scl.MIN_SHARE
-    return scl.scaling_analysis(stories, neutral, vecs, {why: sweep.get("best_valence_layer")}, min_share=share)
+    cfg = open_run(run_dir, write=False)
+    share = scl.CHECKED_MIN_SHARE if cfg.content_check else scl.MIN_SHARE
+    return scl.scaling_analysis(stories, neutral, vecs, {why: sweep.get("best_valence_layer")}, min_share=share,
+                                topics=run_topics(run_dir, cfg, stories.ids))
 
 
 def _lexical(run_dir: Path) -> dict[str, Any]:
     """The lexical baseline on the run's kept stories, with the folds and seed of its held-out recognition."""
     cfg = open_run(run_dir, write=False)
     rows = load_corpus(run_dir, "stories", run_emotions(cfg))
-    return lex.lexical_baseline([r["text"] for r in rows], [r["emotion"] for r in rows], folds=cfg.folds, seed=cfg.seed)
+    topics = [str(r.get("topic") or "") for r in rows] if cfg.topic_adjust else None
+    return lex.lexical_baseline([r["text"] for r in rows], [r["emotion"] for r in rows], folds=cfg.folds, seed=cfg.seed,
+                                topics=topics)
 
 
 def _compute(name: str, run_dir: Path, vecs: EmotionVectors, lm: LanguageModel | None,

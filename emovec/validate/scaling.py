@@ -21,6 +21,7 @@ import torch
 from ..activations import CorpusActivations
 from ..recognition import class_means, fold_assignment, heldout_ranks, unit_rows
 from ..storage import EmovecError
+from ..topics import group_index, remove_group_means
 from ..vectors import EmotionVectors, denoise_components, project_out
 from .analyses import load_norms, pca_against_norms
 
@@ -73,12 +74,14 @@ def summary_stats(values: Sequence[float | None]) -> dict[str, Any]:
             "min": float(np.min(v)), "max": float(np.max(v)), "n": len(v)}
 
 
-def denoised_units(x: torch.Tensor, y: np.ndarray, n: int, comps: torch.Tensor) -> torch.Tensor:
+def denoised_units(x: torch.Tensor, y: np.ndarray, n: int, comps: torch.Tensor,
+                   groups: np.ndarray | None = None) -> torch.Tensor:
     """Unit denoised vectors of n classes from pooled rows `x` [m, d] with class indices `y` [m].
 
-    Built as `EmotionVectors` builds them: class means minus their mean, `comps` [k, d] projected out.
+    Built as `EmotionVectors` builds them: with `groups` (topic indices) each row's group mean
+    removed first, class means minus their mean, `comps` [k, d] projected out.
     """
-    means = class_means(x, y, n)
+    means = class_means(x if groups is None else remove_group_means(x, groups), y, n)
     return unit_rows(project_out(means - means.mean(0), comps))
 
 
@@ -111,7 +114,7 @@ def sizes_and_emotions(labels: Sequence[str], emotions: Sequence[str], ks: Seque
 def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None, emotions: Sequence[str],
                    layer: int, ks: Sequence[int] | None = None, seeds: int = 5, folds: int = 5,
                    denoise_fraction: float = 0.5, norms: pd.DataFrame | None = None,
-                   min_share: float = MIN_SHARE) -> dict[str, Any]:
+                   min_share: float = MIN_SHARE, topics: Sequence[str] | None = None) -> dict[str, Any]:
     """Recognition, split-half agreement and valence/arousal correlations against k stories per emotion.
 
     Only emotions with at least `max(ks)` stories take part (by default the largest k
@@ -123,7 +126,9 @@ def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None
     whole neutral corpus at every k. Norm correlations use `pca_against_norms` (PC1
     flipped to r >= 0 with valence, PC2 with arousal, so read them against
     `null_abs_r`); "arousal best" is the largest |r| of PC1..PC3 with arousal.
-    Each metric is summarised over seeds as mean, sd, min and max.
+    Each metric is summarised over seeds as mean, sd, min and max. With `topics` (one per story)
+    every draw is topic-adjusted on its own stories (recognition: its training folds'), as the
+    run's vectors are.
     """
     if layer not in stories.keep_layers:
         raise EmovecError(f"per-story activations were not kept at layer {layer} (kept: {stories.keep_layers})")
@@ -135,6 +140,7 @@ def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None
     comps = torch.zeros(0, x_all.shape[1], dtype=torch.float64)
     if neutral is not None and denoise_fraction > 0 and layer in neutral.keep_layers:
         comps = denoise_components(neutral.pooled[:, neutral.keep_layers.index(layer)], denoise_fraction)[0].to(torch.float64)
+    topic_of = np.array(group_index(topics)) if topics is not None else None
     index = {e: np.flatnonzero(labels == e) for e in names}
     n = len(names)
     rows = []
@@ -144,15 +150,17 @@ def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None
             rng = np.random.default_rng([seed, k])
             draws = {e: rng.permutation(index[e]) for e in names}
             y = np.repeat(np.arange(n), k)
-            x = x_all[np.concatenate([draws[e][:k] for e in names])]
+            rows_k = np.concatenate([draws[e][:k] for e in names])
+            x, groups = x_all[rows_k], None if topic_of is None else topic_of[rows_k]
             assign = fold_assignment([names[i] for i in y], max(2, min(folds, k)), seed)
-            ranks, _ = heldout_ranks(x, y, n, comps, assign)
+            ranks, _ = heldout_ranks(x, y, n, comps, assign, groups)
             per["top1"].append(float(np.mean(ranks == 0)))
             per["top5"].append(float(np.mean(ranks < 5)))
-            units = denoised_units(x, y, n, comps)
+            units = denoised_units(x, y, n, comps, groups)
             if all(len(draws[e]) >= 2 * k for e in names):
-                other = x_all[np.concatenate([draws[e][k:2 * k] for e in names])]
-                per["split_half"].append(float((units * denoised_units(other, y, n, comps)).sum(1).mean()))
+                rows_o = np.concatenate([draws[e][k:2 * k] for e in names])
+                other = denoised_units(x_all[rows_o], y, n, comps, None if topic_of is None else topic_of[rows_o])
+                per["split_half"].append(float((units * other).sum(1).mean()))
             for key, value in _norm_metrics(units.numpy(), names, norms).items():
                 per[key].append(value)
         rows.append({"k": k, "n_stories": k * n, **{key: summary_stats(v) for key, v in per.items()}})
@@ -161,7 +169,7 @@ def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None
             "stories_per_emotion": {"min": min(counts.values()), "max": max(counts.values())},
             "seeds": seeds, "folds": folds, "denoise_fraction": denoise_fraction, "ks": want,
             "chance_top1": 1 / n, "chance_top5": min(5, n) / n, "n_norms_matched": n_matched,
-            "null_abs_r": null_abs_r(n_matched), "rows": rows,
+            "null_abs_r": null_abs_r(n_matched), "topic_adjusted": topics is not None, "rows": rows,
             "method": "k stories per emotion drawn per seed; k-fold recognition inside the draw; split-half = mean "
                       "cosine of unit vectors from two disjoint draws of k; PCA of centred unit denoised vectors "
                       "(PC1 signed to r >= 0 with valence, PC2 with arousal)"}
@@ -170,10 +178,11 @@ def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None
 def scaling_analysis(stories: CorpusActivations, neutral: CorpusActivations | None, vectors: EmotionVectors,
                      extra_layers: dict[str, int | None] | None = None, seeds: int = 5, folds: int = 5,
                      ks: Sequence[int] | None = None, norms: pd.DataFrame | None = None,
-                     min_share: float = MIN_SHARE) -> dict[str, Any]:
+                     min_share: float = MIN_SHARE, topics: Sequence[str] | None = None) -> dict[str, Any]:
     """`corpus_scaling` at the vectors' default layer, and at each of `extra_layers` ({why: layer}) the stories kept.
 
-    The vectors give the emotions and the denoising fraction. Returns the default layer's
+    The vectors give the emotions and the denoising fraction; pass `topics` (one per story) for
+    vectors built topic-adjusted. Returns the default layer's
     `corpus_scaling` result with `role`, plus `other_layers` {str(layer): result with its
     role} and `skipped_layers` (requested but not kept per story).
     """
@@ -188,7 +197,8 @@ def scaling_analysis(stories: CorpusActivations, neutral: CorpusActivations | No
         if layer is not None and int(layer) not in roles:
             roles[int(layer)] = why
     results = {layer: {"role": why, **corpus_scaling(stories, neutral, emotions, layer, ks=ks, seeds=seeds, folds=folds,
-                                                     denoise_fraction=fraction, norms=norms, min_share=min_share)}
+                                                     denoise_fraction=fraction, norms=norms, min_share=min_share,
+                                                     topics=topics)}
                for layer, why in roles.items() if layer in stories.keep_layers}
     main = results.pop(vectors.default_layer)
     return {**main, "other_layers": {str(lay): r for lay, r in results.items()},
