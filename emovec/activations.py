@@ -308,7 +308,7 @@ class CorpusActivations:
                                  norm_sum=self.norm_sum, norm_count=self.norm_count, start=self.start)
 
     def topic_adjusted(self, topics: Sequence[str]) -> CorpusActivations:
-        """These texts with each one's topic mean removed (`remove_group_means`), sums and counts rebuilt.
+        """These texts with each one's topic mean removed (`remove_group_means`) and the sums rebuilt from them.
 
         `topics` holds one name per text, in the order of `ids`. Needs the per-text activations at
         every extracted layer (the quick and standard presets keep them).

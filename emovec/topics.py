@@ -21,9 +21,7 @@ def remove_group_means(x: torch.Tensor, groups: Sequence[int] | Any, fit: Any = 
     `groups` [n] are integer group indices (e.g. each story's topic); the means are taken over
     the rows selected by the boolean mask `fit` (all rows by default), so a held-out row can be
     adjusted with means it did not contribute to. A row whose group has no fitted rows is left as
-    it is. Why: with a few stories per emotion drawn from shared topics, an emotion's mean carries
-    the topics its stories happened to have; removing each topic's mean is the additive-model
-    estimate of the emotion effect.
+    it is.
     """
     g = torch.as_tensor(groups, dtype=torch.long)
     mask = torch.ones(len(g), dtype=torch.bool) if fit is None else torch.as_tensor(fit, dtype=torch.bool)
