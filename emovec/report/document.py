@@ -303,7 +303,8 @@ def _headline_html(vecs: EmotionVectors, rec: dict[str, Any] | None, res: dict[s
                          "growing" if (b["valence_r"]["mean"] or 0) > (a["valence_r"]["mean"] or 0) else "flat"])
     lex = _ok(res.get("lexical"))
     if lex:
-        rows.append(["lexical baseline: the same measures on the stories' words (TF-IDF), no model", "not reported",
+        adjusted = ", topic-adjusted likewise" if lex.get("topic_adjusted") else ""
+        rows.append([f"lexical baseline: the same measures on the stories' words (TF-IDF{adjusted}), no model", "not reported",
                      lexical_text(lex), _versus_words(lex, rec, hold)])
     if st:
         h = st["headline"]
