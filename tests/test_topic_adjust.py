@@ -113,6 +113,8 @@ def test_topic_adjusted_needs_every_layer_and_one_topic_per_text():
     acts = corpus(x, y)
     with pytest.raises(EmovecError, match="one topic per text"):
         acts.topic_adjusted(["a"])
+    with pytest.raises(EmovecError, match="one topic per story"):
+        corpus_scaling(acts, None, sorted(acts.counts), 0, ks=[2], topics=["a"])
     partial = CorpusActivations(**{**acts.__dict__, "keep_layers": [1], "pooled": acts.pooled[:, 1:]})
     with pytest.raises(EmovecError, match="every layer.*--no-topic-adjust"):
         partial.topic_adjusted(["a"] * len(acts.ids))

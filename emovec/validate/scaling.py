@@ -140,6 +140,8 @@ def corpus_scaling(stories: CorpusActivations, neutral: CorpusActivations | None
     comps = torch.zeros(0, x_all.shape[1], dtype=torch.float64)
     if neutral is not None and denoise_fraction > 0 and layer in neutral.keep_layers:
         comps = denoise_components(neutral.pooled[:, neutral.keep_layers.index(layer)], denoise_fraction)[0].to(torch.float64)
+    if topics is not None and len(topics) != len(stories.ids):
+        raise EmovecError(f"corpus scaling needs one topic per story: got {len(topics)} for {len(stories.ids)}")
     topic_of = np.array(group_index(topics)) if topics is not None else None
     index = {e: np.flatnonzero(labels == e) for e in names}
     n = len(names)
