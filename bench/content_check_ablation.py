@@ -6,7 +6,8 @@ share builds the vectors from the stories that pass (reusing the run's activatio
 reports the norm-free measures the share is chosen by (held-out recognition at layer 20, the six steering
 emotions' VADER slopes and trend tests at layer 20, and the emotion-words judge: whether each vector raises its own
 emotion's EmoLex words more than the others do) and, as an outcome, PC1 vs valence at a layer chosen on half the rated
-emotions. Usage, alone on the machine (on a 2-core AVX2 EPYC, float32: ranking 7 min, then ~4 min per share):
+emotions. Vectors and recognition are topic-adjusted where the run was (`topic_adjust`; runs made before that
+setting existed were not). Usage, alone on the machine (on a 2-core AVX2 EPYC, float32: ranking 7 min, then ~4 min per share):
 
     .venv/bin/python bench/content_check_ablation.py runs/demo-prev-avx2 --fractions 1 0.5 0.35 0.25
 
@@ -52,13 +53,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     stories = load_corpus_activations(args.run_dir / "activations", "stories")
     neutral = load_corpus_activations(args.run_dir / "activations", "neutral")
-    text = {r["id"]: r["text"] for r in read_jsonl(args.run_dir / "stories.jsonl")}
+    rows = {r["id"]: r for r in read_jsonl(args.run_dir / "stories.jsonl")}
     cache = out / f"logprobs-{hashlib.sha256(question_suffix().encode()).hexdigest()[:8]}.npy"  # per question wording
     if cache.exists():
         logprobs = np.load(cache)
     else:
         t = time.time()
-        logprobs = emotion_logprobs(lm, [text[i] for i in stories.ids], emotions, batch_size=8, progress=True)
+        logprobs = emotion_logprobs(lm, [rows[i]["text"] for i in stories.ids], emotions, batch_size=8, progress=True)
         np.save(cache, logprobs)
         print(f"ranked {len(stories.ids)} stories in {time.time() - t:.0f} s", flush=True)
     ranks = own_ranks(logprobs, stories.labels, emotions)
@@ -66,11 +67,14 @@ def main() -> None:
         keep = keep_mask(ranks, stories.labels, len(emotions), f) if f < 1 else np.ones(len(ranks), bool)
         sub = stories.subset([int(j) for j in np.flatnonzero(keep)])
         present = [e for e in emotions if sub.counts.get(e, 0) > 0]
-        vectors = EmotionVectors.from_activations(sub, neutral, present, cfg.denoise_fraction, model=lm)
-        rec = heldout_recognition(sub, neutral, present, folds=min(cfg.folds, min(sub.counts.values())), seed=cfg.seed)
+        topics = [str(rows[i].get("topic") or "") for i in sub.ids] if cfg.topic_adjust else None  # as the run built them
+        vectors = EmotionVectors.from_activations(sub, neutral, present, cfg.denoise_fraction, model=lm, topics=topics)
+        rec = heldout_recognition(sub, neutral, present, folds=min(cfg.folds, min(sub.counts.values())), seed=cfg.seed,
+                                  topics=topics)
         hold = valence_layer_holdout(vectors)
         steer = steering_efficacy(lm, vectors, SteeringConfig(emotions=SIX, layers=(20,), layer_emotions=()))
-        row = {"fraction": f, "kept": len(sub.ids), "six_kept": {e: sub.counts.get(e, 0) for e in SIX},
+        row = {"fraction": f, "topic_adjusted": topics is not None, "kept": len(sub.ids),
+               "six_kept": {e: sub.counts.get(e, 0) for e in SIX},
                "recognition_layer20": recognition_at(rec, 20), "folds": rec["folds"],
                "valence_held_out_r": hold["held_out_r"] if hold else None,
                "valence_held_out_sd": hold["held_out_r_sd"] if hold else None,
