@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from emovec.report.results import readme_block
+from emovec.report.results import readme_block, timings_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +28,9 @@ def test_every_readme_results_block_matches_its_results_file(name):
     assert readme_block(results, name) in (ROOT / "README.md").read_text(encoding="utf-8"), (
         f"README.md's {name} results table differs from results/{name}.json: "
         f"run `emovec results --readme README.md --from results/{name}.json`")
+
+
+def test_timings_read_in_minutes_and_say_what_they_leave_out():
+    text = timings_text({"corpus_s": 1713.8, "extract_s": 24.0, "total_s": 1742.3})
+    assert text == "29.0 min (corpus 28.6, extraction 0.4; analyses and report not included)"
+    assert timings_text(None) == timings_text({"corpus_s": 3.0}) == "not recorded"

@@ -254,7 +254,7 @@ def lines(res: dict[str, Any]) -> list[str]:
                        f"{emotion_words_text(st['emotion_words'])}")
     m = res["machine"]
     out.append(f"machine: {m['cpu']} ({'+'.join(m['isa'] or []) or 'no vector extensions listed'}), writer dtype "
-               f"{m['writer_dtype']}{_model_dtype(m)}; time {res.get('timings_s')}")
+               f"{m['writer_dtype']}{_model_dtype(m)}; time {timings_text(res.get('timings_s'))}")
     return out
 
 
@@ -305,10 +305,21 @@ def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     head = (f"Run `{res['command']}` ({res['model']}) on {m['cpu']} ({'+'.join(m['isa'] or [])}), "
             f"torch {((m.get('versions') or {}).get('torch'))}, writer dtype {m['writer_dtype']}{_model_dtype(m)}, "
-            f"{m.get('torch_threads')} threads; time {res.get('timings_s')}.")
+            f"{m.get('torch_threads')} threads; time {timings_text(res.get('timings_s'))}.")
     table = "| measure | this run | paper |\n| --- | --- | --- |\n" + "".join(
         f"| {a} | {b} | {p} |\n" for a, b, p in rows)
     return head + "\n\n" + table
+
+
+_STAGES = {"ray_start_s": "Ray start", "corpus_s": "corpus", "extract_s": "extraction"}
+
+
+def timings_text(timings: dict[str, float] | None) -> str:
+    """The pipeline's stage times in minutes, e.g. "29.0 min (corpus 28.6, extraction 0.4; analyses not included)"."""
+    if not timings or "total_s" not in timings:
+        return "not recorded"
+    parts = ", ".join(f"{name} {timings[key] / 60:.1f}" for key, name in _STAGES.items() if key in timings)
+    return f"{timings['total_s'] / 60:.1f} min ({parts}; analyses and report not included)"
 
 
 def _topic_text(recipe: dict[str, Any]) -> str:
