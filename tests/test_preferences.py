@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ from emovec.experiments.activities import (
     split_halves,
 )
 from emovec.experiments.elo import ELO_PER_LOGIT, all_pairs, bradley_terry, fit_elo, group_shift
-from emovec.experiments.preferences import run_preferences, summary_lines
+from emovec.experiments.preferences import run_preferences, summary_lines, valence_agreement, valence_text
 from emovec.steering import SteeringVector
 from emovec.storage import EmovecError
 
@@ -77,6 +78,18 @@ def test_sample_keys_separate_texts_and_steered_sides():
     keys = {_sample_key("unsteered", a, b, None, None), _sample_key("unsteered", a2, b, None, None),
             _sample_key("calm=+0.5@20", a, b, True, False), _sample_key("calm=+0.5@20", a, b, False, True)}
     assert len(keys) == 4
+
+
+def test_valence_agreement_over_rated_emotions():
+    norms = pd.DataFrame({"valence": [8.0, 2.0, 7.0, 3.0], "arousal": [5.0] * 4},
+                         index=["happy", "sad", "calm", "afraid"])
+    v = valence_agreement({"happy": 0.5, "sad": -0.4, "calm": 0.2, "afraid": -0.1, "unrated": 0.9, "blank": None}, norms)
+    assert v is not None and v["n"] == 4 and v["pearson"] > 0.9 and v["spearman"] == pytest.approx(1.0)
+    flipped = valence_agreement({"happy": -0.5, "sad": 0.4, "calm": -0.2, "afraid": 0.1}, norms)
+    assert flipped is not None and flipped["pearson"] == pytest.approx(-v["pearson"])
+    assert valence_agreement({"happy": 0.5, "sad": -0.4}, norms) is None
+    assert valence_agreement({"happy": 0.5, "sad": -0.4, "calm": 0.2}, None) is None
+    assert "not computed" in valence_text(None) and "n = 4 rated" in valence_text(v)
 
 
 def test_bad_activity_file(tmp_path):
@@ -163,6 +176,7 @@ def test_tiny_run_then_resume(run_copy):
     assert [a["elo"] for a in again["elo"]] == [a["elo"] for a in s["elo"]]
     assert again["steering"]["vectors"] == s["steering"]["vectors"]
     assert set(s["steering"]["shift_vs_r"]) == {"n", "r", "p"} and s["timing"]["total_s"] > 0
+    assert s["valence"] is None  # two emotions are too few to correlate with their valence
     lines = EXPERIMENTS["preferences"].result_lines(s, run_copy)
     assert lines[:-1] == summary_lines(s) and lines[0].startswith("8 activities, 56 ordered pairs")
     with pytest.raises(EmovecError, match="hostile"):

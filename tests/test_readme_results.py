@@ -34,3 +34,5 @@ def test_timings_read_in_minutes_and_say_what_they_leave_out():
     text = timings_text({"corpus_s": 1713.8, "extract_s": 24.0, "total_s": 1742.3})
     assert text == "29.0 min (corpus 28.6, extraction 0.4; analyses and report not included)"
     assert timings_text(None) == timings_text({"corpus_s": 3.0}) == "not recorded"
+    with_analyses = timings_text({"corpus_s": 1713.8, "extract_s": 24.0, "total_s": 1742.3, "analyses_s": 234.0})
+    assert with_analyses == "32.9 min: pipeline 29.0 (corpus 28.6, extraction 0.4), analyses 3.9 (the report's rendering not included)"

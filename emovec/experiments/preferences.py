@@ -16,6 +16,9 @@ and whether steering on an activity's tokens moves its preference.
    steered activity against a control one are asked again, and the Elo shift of the steered half
    relative to the control half is fitted with the unsteered scores held fixed. Across vectors, the
    shift is correlated with the vector's preference correlation from step 3.
+5. **Valence.** Across the emotions the human norms rate, each emotion's preference correlation is
+   correlated with its valence: one test over all the run's emotions of whether the pleasant ones are
+   the ones active on preferred activities (the paper's blissful +0.71 and hostile -0.74 are its ends).
 
 Results live in `RUN_DIR/experiments/preferences/`: settings.json, samples.jsonl (resumable), summary.json,
 elo.csv, activations.csv, correlations.csv, steering.csv and the figures (see `emovec.experiments.common`).
@@ -40,6 +43,7 @@ from ..provenance import check_settings, locked
 from ..rundir import load_run
 from ..steering import SteeringVector, parse_layers, steering_vector
 from ..storage import EmovecError, write_json
+from ..validate.analyses import correlation, load_norms
 from .activities import (
     ANSWERS,
     GROUPS,
@@ -116,6 +120,7 @@ class PreferencesSummary(TypedDict):
     correlations: list[EmotionCorrelation]
     extremes: dict[str, list[float]]
     steering: dict[str, Any]
+    valence: dict[str, Any] | None
     timing: PreferencesTiming
     n_samples: int
 
@@ -259,6 +264,7 @@ def run_preferences(run_dir: str | Path, emotions: Sequence[str] | str | None = 
                        "p_steered_chosen_unsteered": p_steered_chosen_un, "n_prompts": len(mixed)})
     timing["steering_s"] = time.time() - t0
     shift_vs_r = pearson([x["r_preference"] for x in shifts], [x["shift_elo"] for x in shifts])
+    valence = valence_agreement({e: c["r"] for e, c in corr.items()}, load_norms())
 
     # outputs
     table = pd.DataFrame({"id": [a.id for a in activities], "group": [a.group for a in activities],
@@ -293,6 +299,7 @@ def run_preferences(run_dir: str | Path, emotions: Sequence[str] | str | None = 
                      "n_steered": int(steered.sum()), "n_control": int((~steered).sum()),
                      "prompts_per_vector": len(mixed), "all_mixed_prompts": 2 * int(steered.sum()) * int((~steered).sum()),
                      "baseline_shift_elo": base_shift * ELO_PER_LOGIT},
+        "valence": valence,
         "timing": {"total_s": time.time() - t_start, "unsteered_pairs_s": timing["unsteered_pairs_s"],
                    "activations_s": timing["activations_s"], "steering_s": timing["steering_s"]},
         "n_samples": len(store.rows),
@@ -366,6 +373,15 @@ def _f(x: float | None, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def valence_agreement(r_pref: dict[str, float | None], norms: pd.DataFrame | None) -> dict[str, Any] | None:
+    """Pearson and Spearman r, over the emotions the norms rate, of each emotion's preference correlation with its
+    human valence (None without norms or with fewer than 3 rated emotions)."""
+    rated = [e for e, r in r_pref.items() if r is not None and norms is not None and e in norms.index]
+    if norms is None or len(rated) < 3:
+        return None
+    return correlation(np.array([r_pref[e] for e in rated], dtype=float), norms.loc[rated, "valence"].to_numpy(float))
+
+
 def summary_lines(s: PreferencesSummary) -> list[str]:
     """What `emovec experiment preferences` prints: position bias, group Elo, strongest correlations, steering shifts."""
     pb = s["position_bias"]
@@ -382,4 +398,13 @@ def summary_lines(s: PreferencesSummary) -> list[str]:
     svr = s["steering"]["shift_vs_r"]
     if svr["r"] is not None:
         lines.append(f"shift vs preference correlation: r = {svr['r']:+.2f} (n = {svr['n']}, p = {_f(svr['p'], '.2g')})")
+    lines.append(f"preference correlation vs human valence: {valence_text(s.get('valence'))}")
     return lines
+
+
+def valence_text(v: dict[str, Any] | None) -> str:
+    """"r = +0.41 (Spearman +0.38, n = 126 rated emotions, p = 2e-06)", or why it is missing."""
+    if not v or v.get("pearson") is None:
+        return "not computed (needs the human norms, `pip install 'emovec[norms]'`, and 3+ rated emotions)"
+    return (f"r = {v['pearson']:+.2f} (Spearman {v['spearman']:+.2f}, n = {v['n']} rated emotions, "
+            f"p = {_f(v['pearson_p'], '.2g')})")

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..experiments.blackmail import BlackmailSummary, interpret, plot_summary
 from ..experiments.hacking import HackingSummary, fig_dose_response, fig_readout_by_attempt
-from ..experiments.preferences import PreferencesSummary, preference_figures
+from ..experiments.preferences import PreferencesSummary, preference_figures, valence_text
 from ..experiments.registry import EXPERIMENTS
 from .html import esc, fmt, img, table
 
@@ -29,7 +29,8 @@ def _preferences_html(s: PreferencesSummary) -> str:
             f"Emotion activations are read at layer {s['layer']} over each activity's own tokens. Steering: strength "
             f"{st['strength']:g} at layers {esc(st['layers'])} on the tokens of {st['n_steered']} steered activities (seed {s['seed']}) "
             f"against {st['n_control']} controls, {st['prompts_per_vector']} of {st['all_mixed_prompts']} mixed prompts per vector; "
-            f"shift against preference correlation across vectors: {svr_txt}. Paper: blissful r = 0.71, hostile r = -0.74, "
+            f"shift against preference correlation across vectors: {svr_txt}. Each emotion's preference correlation "
+            f"against its human valence: {valence_text(s.get('valence'))}. Paper: blissful r = 0.71, hostile r = -0.74, "
             f"shift vs r = 0.85 over 35 vectors.{weak}</p>")
     rows = [[c["emotion"], fmt(c["r"], "+.2f"), fmt(c["p"], ".2g"), c["n"]] for c in (corr[:5] + corr[-5:] if len(corr) > 10 else corr)]
     shifts = [[v["emotion"], fmt(v["r_preference"], "+.2f"), fmt(v["shift_elo"], "+.1f"),

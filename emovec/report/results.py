@@ -61,7 +61,7 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
                    "drop_rate": corpus["stories"]["drop_rate"], "neutral_kept": corpus["neutral"]["kept"],
                    "dropped": corpus["stories"].get("dropped"), "content_check": corpus.get("content_check"),
                    "refill": corpus.get("refill")},
-        "timings_s": summary.get("timings"),
+        "timings_s": _timings(summary.get("timings"), an),
         "layer": summary["layer"], "n_vectors": summary["n_vectors"],
         "recognition": {k: rec[k] for k in ("n_emotions", "n_stories", "folds", "top1", "top5", "p_top1",
                                             "chance_top1", "chance_top5", "best_layer", "best_layer_top1")},
@@ -314,12 +314,25 @@ def markdown(res: dict[str, Any]) -> str:
 _STAGES = {"ray_start_s": "Ray start", "corpus_s": "corpus", "extract_s": "extraction"}
 
 
+def _timings(pipeline: dict[str, float] | None, an: Path) -> dict[str, float] | None:
+    """The pipeline's stage times plus `analyses_s`, the seconds the saved analyses record between them."""
+    if not pipeline:
+        return pipeline
+    seconds = [r.get("seconds") for f in sorted(an.glob("*.json")) if isinstance(r := _read(f), dict)]
+    spent = [float(s) for s in seconds if isinstance(s, (int, float))]
+    return {**pipeline, "analyses_s": round(sum(spent), 1)} if spent else dict(pipeline)
+
+
 def timings_text(timings: dict[str, float] | None) -> str:
-    """The pipeline's stage times in minutes, e.g. "29.0 min (corpus 28.6, extraction 0.4; analyses not included)"."""
+    """Stage times in minutes, e.g. "32.9 min: pipeline 29.0 (corpus 28.6, extraction 0.4), analyses 3.9"."""
     if not timings or "total_s" not in timings:
         return "not recorded"
     parts = ", ".join(f"{name} {timings[key] / 60:.1f}" for key, name in _STAGES.items() if key in timings)
-    return f"{timings['total_s'] / 60:.1f} min ({parts}; analyses and report not included)"
+    if "analyses_s" not in timings:
+        return f"{timings['total_s'] / 60:.1f} min ({parts}; analyses and report not included)"
+    total = (timings["total_s"] + timings["analyses_s"]) / 60
+    return (f"{total:.1f} min: pipeline {timings['total_s'] / 60:.1f} ({parts}), analyses "
+            f"{timings['analyses_s'] / 60:.1f} (the report's rendering not included)")
 
 
 def _topic_text(recipe: dict[str, Any]) -> str:
