@@ -61,7 +61,7 @@ def collect(run_dir: str | Path, command: str | None = None) -> dict[str, Any]:
                    "drop_rate": corpus["stories"]["drop_rate"], "neutral_kept": corpus["neutral"]["kept"],
                    "dropped": corpus["stories"].get("dropped"), "content_check": corpus.get("content_check"),
                    "refill": corpus.get("refill")},
-        "timings_s": _timings(summary.get("timings"), an),
+        "timings_s": stage_timings(summary.get("timings"), an),
         "layer": summary["layer"], "n_vectors": summary["n_vectors"],
         "recognition": {k: rec[k] for k in ("n_emotions", "n_stories", "folds", "top1", "top5", "p_top1",
                                             "chance_top1", "chance_top5", "best_layer", "best_layer_top1")},
@@ -314,7 +314,7 @@ def markdown(res: dict[str, Any]) -> str:
 _STAGES = {"ray_start_s": "Ray start", "corpus_s": "corpus", "extract_s": "extraction"}
 
 
-def _timings(pipeline: dict[str, float] | None, an: Path) -> dict[str, float] | None:
+def stage_timings(pipeline: dict[str, float] | None, an: Path) -> dict[str, float] | None:
     """The pipeline's stage times plus `analyses_s`, the seconds the saved analyses record between them."""
     if not pipeline:
         return pipeline
