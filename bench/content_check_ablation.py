@@ -28,7 +28,7 @@ import torch
 from emovec.activations import load_corpus_activations
 from emovec.content_check import emotion_logprobs, keep_mask, own_ranks, question_suffix
 from emovec.recognition import heldout_recognition, recognition_at
-from emovec.rundir import load_run, run_emotions
+from emovec.rundir import load_run, run_emotions, run_topics
 from emovec.storage import read_jsonl
 from emovec.validate.analyses import valence_layer_holdout
 from emovec.validate.steering import SteeringConfig, steering_efficacy
@@ -53,21 +53,23 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     stories = load_corpus_activations(args.run_dir / "activations", "stories")
     neutral = load_corpus_activations(args.run_dir / "activations", "neutral")
-    rows = {r["id"]: r for r in read_jsonl(args.run_dir / "stories.jsonl")}
+    text = {r["id"]: r["text"] for r in read_jsonl(args.run_dir / "stories.jsonl")}
+    all_topics = run_topics(args.run_dir, cfg, stories.ids)
     cache = out / f"logprobs-{hashlib.sha256(question_suffix().encode()).hexdigest()[:8]}.npy"  # per question wording
     if cache.exists():
         logprobs = np.load(cache)
     else:
         t = time.time()
-        logprobs = emotion_logprobs(lm, [rows[i]["text"] for i in stories.ids], emotions, batch_size=8, progress=True)
+        logprobs = emotion_logprobs(lm, [text[i] for i in stories.ids], emotions, batch_size=8, progress=True)
         np.save(cache, logprobs)
         print(f"ranked {len(stories.ids)} stories in {time.time() - t:.0f} s", flush=True)
     ranks = own_ranks(logprobs, stories.labels, emotions)
     for f in args.fractions:
         keep = keep_mask(ranks, stories.labels, len(emotions), f) if f < 1 else np.ones(len(ranks), bool)
-        sub = stories.subset([int(j) for j in np.flatnonzero(keep)])
+        chosen = [int(j) for j in np.flatnonzero(keep)]
+        sub = stories.subset(chosen)
         present = [e for e in emotions if sub.counts.get(e, 0) > 0]
-        topics = [str(rows[i].get("topic") or "") for i in sub.ids] if cfg.topic_adjust else None  # as the run built them
+        topics = None if all_topics is None else [all_topics[j] for j in chosen]  # as the run built them
         vectors = EmotionVectors.from_activations(sub, neutral, present, cfg.denoise_fraction, model=lm, topics=topics)
         rec = heldout_recognition(sub, neutral, present, folds=min(cfg.folds, min(sub.counts.values())), seed=cfg.seed,
                                   topics=topics)

@@ -25,7 +25,7 @@ import torch
 from emovec.activations import load_corpus_activations
 from emovec.corpus import refill_round
 from emovec.recognition import heldout_recognition, recognition_at
-from emovec.rundir import load_run, run_emotions
+from emovec.rundir import load_run, run_emotions, run_topics
 from emovec.storage import read_jsonl
 from emovec.validate.analyses import valence_layer_holdout
 from emovec.validate.lexical import lexical_baseline
@@ -49,12 +49,13 @@ def main() -> None:
     stories = load_corpus_activations(args.run_dir / "activations", "stories")
     neutral = load_corpus_activations(args.run_dir / "activations", "neutral")
     rows = {r["id"]: r for r in read_jsonl(args.run_dir / "stories.jsonl")}
+    all_topics = run_topics(args.run_dir, cfg, stories.ids)
     variants = {"first round only (no replacements)": [j for j, i in enumerate(stories.ids) if refill_round(rows[i]) == 0],
                 "with replacements (the run)": list(range(len(stories.ids)))}
     for name, keep in variants.items():
         sub = stories.subset(keep)
         present = [e for e in emotions if sub.counts.get(e, 0) > 0]
-        topics = [str(rows[i].get("topic") or "") for i in sub.ids] if cfg.topic_adjust else None  # as the run built them
+        topics = None if all_topics is None else [all_topics[j] for j in keep]  # as the run built them
         vectors = EmotionVectors.from_activations(sub, neutral, present, cfg.denoise_fraction, model=lm, topics=topics)
         rec = heldout_recognition(sub, neutral, present, folds=min(cfg.folds, min(sub.counts.values())), seed=cfg.seed,
                                   topics=topics)

@@ -62,4 +62,3 @@ def test_analyze_cli_prints_key_numbers_from_saved_results(reported_run):
     assert "PC1" in res.output and "paper 26%" in res.output and "best layer" in res.output
     res = CliRunner().invoke(main, ["analyze", str(run_dir), "--only", "vibes"])
     assert res.exit_code == 2 and "unknown analysis 'vibes'" in res.stderr
-

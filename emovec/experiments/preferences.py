@@ -376,8 +376,10 @@ def _f(x: float | None, spec: str) -> str:
 def valence_agreement(r_pref: dict[str, float | None], norms: pd.DataFrame | None) -> dict[str, Any] | None:
     """Pearson and Spearman r, over the emotions the norms rate, of each emotion's preference correlation with its
     human valence (None without norms or with fewer than 3 rated emotions)."""
-    rated = [e for e, r in r_pref.items() if r is not None and norms is not None and e in norms.index]
-    if norms is None or len(rated) < 3:
+    if norms is None:
+        return None
+    rated = [e for e, r in r_pref.items() if r is not None and e in norms.index]
+    if len(rated) < 3:
         return None
     return correlation(np.array([r_pref[e] for e in rated], dtype=float), norms.loc[rated, "valence"].to_numpy(float))
 

@@ -19,7 +19,15 @@ from ..vectors import EmotionVectors
 from .experiment_sections import EXPERIMENT_SECTIONS
 from .figures import fig_cosine, fig_implicit, fig_layer_sweep, fig_pca, fig_scaling, fig_severity, fig_steering
 from .html import CSS, esc, fmt, img, section, table
-from .results import emotion_words_text, holdout_text, per_emotion_steering, per_emotion_text, points, steering_counts
+from .results import (
+    emotion_words_text,
+    holdout_text,
+    lexical_label,
+    per_emotion_steering,
+    per_emotion_text,
+    points,
+    steering_counts,
+)
 
 
 def _summary_html(run_dir: Path, vecs: EmotionVectors, rec: dict[str, Any] | None) -> str:
@@ -303,9 +311,8 @@ def _headline_html(vecs: EmotionVectors, rec: dict[str, Any] | None, res: dict[s
                          "growing" if (b["valence_r"]["mean"] or 0) > (a["valence_r"]["mean"] or 0) else "flat"])
     lex = _ok(res.get("lexical"))
     if lex:
-        adjusted = ", topic-adjusted likewise" if lex.get("topic_adjusted") else ""
-        rows.append([f"lexical baseline: the same measures on the stories' words (TF-IDF{adjusted}), no model", "not reported",
-                     lexical_text(lex), _versus_words(lex, rec, hold)])
+        rows.append([lexical_label(bool(lex.get("topic_adjusted"))), "not reported", lexical_text(lex),
+                     _versus_words(lex, rec, hold)])
     if st:
         h = st["headline"]
         rows.append(["steering judged from outside (happy vs sad)", "steering moves behaviour as intended", h["text"],

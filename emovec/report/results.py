@@ -291,9 +291,7 @@ def markdown(res: dict[str, Any]) -> str:
                 f"k={r['k']}: top-5 {_f(r['top5'], '.1%')}, valence r {_f(r['valence_r'])}" for r in other["rows"][-4:]),
                 "-"))
     if res.get("lexical"):
-        rows.append(("lexical baseline: the same measures on the stories' words (TF-IDF"
-                     + (", topic-adjusted likewise" if res["recipe"].get("topic_adjust") else "") + "), no model",
-                     lexical_text(res["lexical"]), "-"))
+        rows.append((lexical_label(bool(res["recipe"].get("topic_adjust"))), lexical_text(res["lexical"]), "-"))
     if st:
         rows.append(("steering judged from outside (VADER)", str(st.get("text") or st), "moves text as intended"))
         if st.get("per_emotion"):
@@ -333,6 +331,12 @@ def timings_text(timings: dict[str, float] | None) -> str:
     total = (timings["total_s"] + timings["analyses_s"]) / 60
     return (f"{total:.1f} min: pipeline {timings['total_s'] / 60:.1f} ({parts}), analyses "
             f"{timings['analyses_s'] / 60:.1f} (the report's rendering not included)")
+
+
+def lexical_label(topic_adjusted: bool) -> str:
+    """The lexical baseline's row label in the results tables, saying when its words were topic-adjusted."""
+    return ("lexical baseline: the same measures on the stories' words (TF-IDF"
+            + (", topic-adjusted likewise" if topic_adjusted else "") + "), no model")
 
 
 def _topic_text(recipe: dict[str, Any]) -> str:
