@@ -77,6 +77,34 @@ def heldout_ranks(x: torch.Tensor, y: np.ndarray, n_classes: int, comps: torch.T
     return ranks, pred
 
 
+def lda_heldout_ranks(x: torch.Tensor, y: np.ndarray, assign: np.ndarray,
+                      groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`heldout_ranks` with a trained decoder in place of the vectors: shrinkage LDA on the same folds.
+
+    scikit-learn's LinearDiscriminantAnalysis (least squares, Ledoit-Wolf shrinkage) learns
+    a direction per class that also whitens the within-emotion covariance, which the mean
+    difference vectors do not. Its accuracy bounds what a linear reader of these pooled
+    activations can get from the same training stories, so comparing it with the vectors
+    tells whether recognition is limited by the vectors or by the stories. Topic means are
+    removed as in `heldout_ranks` (training items only); no denoising, which LDA subsumes.
+    """
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    ranks = np.zeros(len(y), dtype=int)
+    pred = np.zeros(len(y), dtype=int)
+    for f in np.unique(assign):
+        tr, te = assign != f, assign == f
+        xf = (x if groups is None else remove_group_means(x, groups, fit=tr)).numpy()
+        model = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(xf[tr], y[tr])
+        order = model.classes_[np.argsort(-model.decision_function(xf[te]), axis=1)]
+        ranks[te] = np.argmax(order == y[te][:, None], axis=1)
+        pred[te] = order[:, 0]
+    return ranks, pred
+
+
+CLASSIFIERS = ("vectors", "lda")
+
+
 def heldout_split(labels: Sequence[str], emotions: Sequence[str], folds: int, seed: int,
                   what: str = "held-out recognition") -> tuple[list[str], list[int], np.ndarray, int, np.ndarray]:
     """Who takes part in held-out recognition, and in which fold.
@@ -105,7 +133,8 @@ def top1_p(ranks: np.ndarray, n_classes: int) -> float:
 
 def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations | None, emotions: Sequence[str],
                         layers: Sequence[int] | None = None, folds: int = 5, denoise_fraction: float = 0.5,
-                        seed: int = 0, top_confusions: int = 10, topics: Sequence[str] | None = None) -> dict[str, Any]:
+                        seed: int = 0, top_confusions: int = 10, topics: Sequence[str] | None = None,
+                        classifier: str = "vectors") -> dict[str, Any]:
     """K-fold held-out recognition: vectors from the other folds classify each story by its top score.
 
     A story's scores are the projections of its pooled activation, centred on the
@@ -113,9 +142,13 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
     `EmotionVectors`). Only emotions with at least two stories take part. With `topics`
     (one per story, in the order of `stories.ids`) the vectors are topic-adjusted as
     `EmotionVectors.from_activations` adjusts them, from the training folds' stories only.
+    With `classifier="lda"` a shrinkage LDA trained on the same folds scores the stories
+    instead (`lda_heldout_ranks`): a ceiling for the vectors on the same data.
     Returns per-layer top-1/top-5 accuracy with a one-sided binomial p-value of the
     top-1 hits against chance, chance levels, and the most-confused pairs.
     """
+    if classifier not in CLASSIFIERS:
+        raise EmovecError(f"unknown classifier {classifier!r}: use one of {', '.join(CLASSIFIERS)}")
     names, keep, y, folds, assign = heldout_split(stories.labels, emotions, folds, seed)
     if topics is not None and len(topics) != len(stories.ids):
         raise EmovecError(f"held-out recognition needs one topic per story: got {len(topics)} for {len(stories.ids)}")
@@ -126,10 +159,14 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
         if layer not in stories.keep_layers:
             raise EmovecError(f"per-story activations were not kept at layer {layer} (kept: {stories.keep_layers})")
         x = stories.pooled[keep, stories.keep_layers.index(layer)].to(torch.float64)
-        comps = torch.zeros(0, x.shape[1], dtype=torch.float64)
-        if neutral is not None and denoise_fraction > 0 and layer in neutral.keep_layers:
-            comps = denoise_components(neutral.pooled[:, neutral.keep_layers.index(layer)], denoise_fraction)[0].to(torch.float64)
-        ranks, pred = heldout_ranks(x, y, len(names), comps, assign, groups)
+        if classifier == "lda":
+            ranks, pred = lda_heldout_ranks(x, y, assign, groups)
+        else:
+            comps = torch.zeros(0, x.shape[1], dtype=torch.float64)
+            if neutral is not None and denoise_fraction > 0 and layer in neutral.keep_layers:
+                neutral_x = neutral.pooled[:, neutral.keep_layers.index(layer)]
+                comps = denoise_components(neutral_x, denoise_fraction)[0].to(torch.float64)
+            ranks, pred = heldout_ranks(x, y, len(names), comps, assign, groups)
         per_layer.append({"layer": layer, "top1": float(np.mean(ranks == 0)), "top5": float(np.mean(ranks < 5)),
                           "mean_rank": float(np.mean(ranks) + 1), "p_top1": top1_p(ranks, len(names)), "_pred": pred})
     best = max(per_layer, key=lambda r: (r["top1"], r["top5"]))
@@ -138,7 +175,8 @@ def heldout_recognition(stories: CorpusActivations, neutral: CorpusActivations |
         r.pop("_pred")
     n = len(names)
     return {
-        "n_emotions": n, "n_stories": len(keep), "folds": folds, "denoise_fraction": denoise_fraction,
+        "n_emotions": n, "n_stories": len(keep), "folds": folds, "classifier": classifier,
+        "denoise_fraction": denoise_fraction if classifier == "vectors" else None,
         "chance_top1": 1 / n, "chance_top5": min(5, n) / n, "topic_adjusted": topics is not None, "layers": per_layer,
         "best_layer": best["layer"],
         "confusions": [{"true": a, "predicted": b, "count": c} for (a, b), c in pairs.most_common(top_confusions)],

@@ -23,6 +23,22 @@ def test_heldout_recognition_far_above_chance(small_run):
     assert at["top1"] > 2.5 * rec["chance_top1"]
 
 
+def test_lda_ceiling_recognises_hand_written_stories(small_run):
+    """The trained decoder reads the same folds as the vectors; on strong stories both are far above chance."""
+    from emovec.recognition import heldout_recognition
+
+    acts = load_corpus_activations(small_run / "activations", "stories")
+    lda = heldout_recognition(acts, None, SMALL_EMOTIONS, layers=[10, 20], folds=4, classifier="lda")
+    vec = read_json(small_run / "recognition.json")
+    assert lda["classifier"] == "lda" and lda["denoise_fraction"] is None
+    assert lda["n_stories"] == vec["n_stories"] and lda["folds"] == vec["folds"]
+    at = {r["layer"]: r for r in lda["layers"]}
+    assert at[20]["top1"] >= 0.5 and at[20]["p_top1"] < 0.01, at
+    assert all(r["top1"] <= r["top5"] <= 1.0 for r in lda["layers"])
+    with pytest.raises(EmovecError, match="unknown classifier"):
+        heldout_recognition(acts, None, SMALL_EMOTIONS, layers=[20], classifier="svm")
+
+
 def test_activations_kept_per_story(small_run):
     acts = load_corpus_activations(small_run / "activations", "stories")
     assert acts.pooled.shape == (48, 30, 576)
