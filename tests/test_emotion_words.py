@@ -4,11 +4,13 @@ specificity verdict telling a vector that raises its own emotion's words from on
 from __future__ import annotations
 
 import gzip
+import math
 
 import numpy as np
 import pytest
 
-from emovec.validate.emotion_words import CATEGORIES, OWN_CATEGORY, load_emolex, specificity, word_rates
+from emovec.validate.emotion_words import CATEGORIES, OWN_CATEGORY, load_emolex, paired_slope_gap, specificity, word_rates
+from emovec.validate.stats import ols_fit
 from emovec.validate.steering import analyse_samples
 
 LAYER = 20
@@ -66,6 +68,39 @@ def test_specificity_needs_the_own_category_to_beat_every_other_emotion():
     assert own["sad"]["rises"] and not own["sad"]["specific"] and own["sad"]["rival"] == "afraid"
     assert not own["afraid"]["rises"] and not own["afraid"]["specific"]
     assert res["n_rises"] == 2 and res["n_specific"] == 1
+
+
+def test_specificity_compares_two_emotions_over_the_strengths_both_are_fluent_at():
+    """A rival fitted over a narrower range is refitted with the own emotion over the shared range."""
+    flat = {c: _fit(0.0) for c in CATEGORIES}
+    slopes = {"angry": {**flat, "anger": _fit(0.10)}, "sad": {**flat, "anger": _fit(0.02)}}
+    assert specificity(slopes)["own"][0]["specific"]
+    shared = {("angry", "sad"): {"own": _fit(0.04), "other": _fit(0.035), "p": 0.4, "n": 36}}
+    row = specificity(slopes, shared)["own"][0]
+    assert row["rises"] and row["slope"] == 0.10  # the own range decides whether the words rise
+    assert row["own_slope_common"] == 0.04 and row["rival_slope"] == 0.035 and not row["specific"]
+    assert row["gap"] == pytest.approx(0.005) and row["gap_p"] == 0.4 and "paired" in row["gap_test"]
+
+
+def test_the_paired_gap_test_holds_its_level_where_the_pooled_one_does_not():
+    """Two emotions with the same effect and noise that grows with strength (as word rates do): the pooled
+    normal approximation calls them different too often; the test paired by prompt stays near its 5%."""
+    rng = np.random.default_rng(0)
+    strengths = np.array([-0.2, -0.1, 0.0, 0.1, 0.2])
+    pooled_hits = paired_hits = 0
+    trials = 300
+    for _ in range(trials):
+        draws = {}
+        for e in ("a", "b"):
+            ys = 0.5 * strengths + rng.normal(0, 1, (36, 5)) * (0.02 + 0.5 * np.abs(strengths))
+            draws[e] = {p: (strengths.tolist(), ys[p].tolist()) for p in range(36)}
+        fits = {e: ols_fit(np.tile(strengths, 36).tolist(), np.concatenate([draws[e][p][1] for p in range(36)]).tolist())
+                for e in draws}
+        se = math.hypot(fits["a"]["se"], fits["b"]["se"])
+        pooled_hits += math.erfc(abs(fits["a"]["slope"] - fits["b"]["slope"]) / se / math.sqrt(2)) < 0.05
+        paired_hits += paired_slope_gap(draws["a"], draws["b"])["p"] < 0.05
+    assert paired_hits / trials < 0.09, paired_hits
+    assert paired_hits < pooled_hits, (paired_hits, pooled_hits)
 
 
 def test_the_steering_analysis_finds_a_specific_vector_in_replies(lexicon):

@@ -133,3 +133,34 @@ def test_a_dip_within_noise_is_not_a_wrong_way_step_but_a_real_reversal_is():
     assert not happy["monotonic"] and happy["trend"]["p"] < 1e-6 and happy["wrong_way_steps"] == []
     assert [(st["from"], st["to"]) for st in happy["steps"] if st["change"] < 0] == [(-0.2, -0.1)]
     assert not sad["monotonic"] and [(st["from"], st["to"]) for st in sad["wrong_way_steps"]] == [(0.1, 0.0)]
+
+
+def test_the_statistics_are_recomputed_from_saved_replies(result, run_copy):
+    """`emovec analyze RUN --from-replies` rebuilds every figure from the saved replies, with no model and no
+    generation, and refuses a run without a saved analysis or one saved without its replies."""
+    from click.testing import CliRunner
+
+    from emovec.cli import main
+    from emovec.storage import read_json, write_json
+
+    path = run_copy / "analyses" / "steering.json"
+    path.unlink(missing_ok=True)
+    res = CliRunner().invoke(main, ["analyze", str(run_copy), "--from-replies"])
+    assert res.exit_code == 2 and "no saved steering analysis" in res.output and "Traceback" not in res.output
+    saved = {**result, "curves": [], "headline": {"text": "stale"}}
+    write_json(path, saved)
+    res = CliRunner().invoke(main, ["analyze", str(run_copy), "--from-replies"])
+    assert res.exit_code == 0, res.output
+    again = read_json(path)
+    assert again["curves"] == read_json_roundtrip(result["curves"]) and again["headline"] != {"text": "stale"}
+    assert again["samples"] == read_json_roundtrip(result["samples"]) and again["timing"] == result["timing"]
+    write_json(path, {k: v for k, v in result.items() if k != "samples"})
+    res = CliRunner().invoke(main, ["analyze", str(run_copy), "--from-replies"])
+    assert res.exit_code == 2 and "no replies" in res.output
+
+
+def read_json_roundtrip(obj):
+    """`obj` as it reads back from JSON (tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(obj))

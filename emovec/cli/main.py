@@ -24,7 +24,7 @@ from ..report import results
 from ..rundir import RUN_FILE, VECTORS_FILE, attach_steering_recommendation, make_config, open_run, run_model
 from ..storage import EmovecError, read_json
 from ..validate.crossmodel import geometry_lines
-from ..validate.runner import analyses_dir, run_analyses, run_compare, run_compare_runs, summarize
+from ..validate.runner import analyses_dir, reanalyse_steering, run_analyses, run_compare, run_compare_runs, summarize
 from ..validate.speakers import run_speaker_probes
 from ..vectors import EmotionVectors
 
@@ -354,9 +354,17 @@ def _model_info(model: str, device: str, dtype: str | None, trust_remote_code: b
 @click.option("--only", default=None,
               help="comma-separated subset: logit-lens,geometry,layer-sweep,severity,implicit,scaling,lexical,steering")
 @click.option("--force", is_flag=True, help="recompute results that already exist")
-def analyze(run_dir: str, only: str | None, force: bool) -> None:
+@click.option("--from-replies", is_flag=True, help="steering only: recompute its statistics from the replies saved in "
+              "analyses/steering.json (no model, no generation; e.g. after upgrading emovec)")
+def analyze(run_dir: str, only: str | None, force: bool, from_replies: bool) -> None:
     """Run the validation analyses on RUN_DIR; results go to RUN_DIR/analyses/*.json."""
-    results = run_analyses(run_dir, only=[x.strip() for x in only.split(",") if x.strip()] if only else None, force=force)
+    if from_replies:
+        if only not in (None, "steering") or force:
+            raise EmovecError("--from-replies recomputes the steering analysis only; drop --only/--force")
+        results = {"steering": reanalyse_steering(run_dir)}
+    else:
+        results = run_analyses(run_dir, only=[x.strip() for x in only.split(",") if x.strip()] if only else None,
+                               force=force)
     for name, result in results.items():
         click.echo(summarize(name, result))
     click.echo(f"results: {analyses_dir(run_dir)}")

@@ -203,7 +203,9 @@ def _emotion_words_html(words: dict[str, Any] | None) -> str:
     return (f"<p><b>Each emotion's own words</b> (layer {words['layer']}; judge: {esc(words['judge'])}): the slope of "
             "each category's share of the reply's words per unit strength over the emotion's fluent range, in "
             "percentage points. VADER sees valence only; this shows whether a vector moves its own emotion's words "
-            "or only makes text pleasant or unpleasant.</p>"
+            "or only makes text pleasant or unpleasant. An emotion is specific when its own category rises more "
+            "steeply under it than under the steepest other emotion, the two compared over the strengths both are "
+            "fluent at and tested paired by prompt (a t-test of the per-prompt slope differences).</p>"
             + table(["emotion"] + cats, grid)
             + table(["emotion", "own category", "slope [95% CI]", "p", "rises (p < 0.05)", "steepest other emotion",
                      "gap p", "specific"], own))

@@ -187,7 +187,7 @@ def emotion_words_text(words: dict[str, Any]) -> str:
         parts.append(f"{r['emotion']}: {r['category']} words {pts(r['slope'])}{ci}, p = {_f(r['p'], '.2g')}{rival}")
     return (f"{'; '.join(parts)} (percentage points of the reply's words per unit strength, fluent range); own words "
             f"rise: {words['n_rises']} of {words['n_own']}, more steeply than under any other steered emotion "
-            f"(p < 0.05): {words['n_specific']} of {words['n_own']}")
+            f"(over the strengths both are fluent at, paired by prompt, p < 0.05): {words['n_specific']} of {words['n_own']}")
 
 
 def _means(scaling: dict[str, Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:

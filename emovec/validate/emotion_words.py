@@ -23,7 +23,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -79,12 +79,40 @@ def word_rates(texts: Sequence[str], lexicon: dict[str, frozenset[str]]) -> np.n
     return out
 
 
-def specificity(slopes: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+def paired_slope_gap(own: dict[Any, tuple[list[float], list[float]]],
+                     other: dict[Any, tuple[list[float], list[float]]]) -> dict[str, Any]:
+    """Is one emotion's word-rate slope steeper than another's on the same prompts? A t-test over prompts.
+
+    `own[prompt]` and `other[prompt]` are (strengths, rates) of each prompt's replies under the two
+    emotions over the same strengths. Each prompt gives one slope per emotion (OLS over its own
+    replies) and so one difference; the differences are tested against 0 (two-sided one-sample t),
+    so prompt-to-prompt variation and strength-dependent noise are in the error, not assumed away.
+    """
+    from scipy.stats import ttest_1samp
+
+    diffs = []
+    for prompt in sorted(set(own) & set(other), key=str):
+        (xa, ya), (xb, yb) = own[prompt], other[prompt]
+        if len(set(xa)) >= 2 and len(set(xb)) >= 2:
+            diffs.append(float(np.polyfit(xa, ya, 1)[0] - np.polyfit(xb, yb, 1)[0]))
+    if len(diffs) < 3:
+        return {"gap": None, "p": None, "n": len(diffs)}
+    p = float(ttest_1samp(diffs, 0.0).pvalue) if np.std(diffs) > 0 else (1.0 if np.mean(diffs) == 0 else 0.0)
+    return {"gap": float(np.mean(diffs)), "p": p, "n": len(diffs)}
+
+
+def specificity(slopes: dict[str, dict[str, dict[str, Any]]],
+                common: dict[tuple[str, str], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Which steered emotions raise their own category's words, and more steeply than any other emotion does.
 
     `slopes[emotion][category]` is the OLS fit (`slope`, `se`, `ci95`, `p`, `n`) of that category's word
-    rate on strength over the emotion's fluent range, all emotions steered at one layer. The gap to the
-    steepest other emotion is tested with a normal approximation (z = gap / combined SE).
+    rate on strength over the emotion's fluent range, all emotions steered at one layer. Whether the own
+    category rises is read from these. The comparison with another emotion o uses `common[(e, o)]` where
+    given: `own` and `other`, the two fits of e's category over the strengths both are fluent at (two
+    emotions are never compared over different ranges; a word rate need not be linear in strength), and
+    `p`, the test of their gap paired by prompt (`paired_slope_gap`). Without it the gap is tested
+    with a normal approximation (z = gap / combined SE), which assumes replies independent and equally
+    noisy at every strength. The rival is the other emotion whose slope is steepest.
     """
     own = []
     for e, by_cat in slopes.items():
@@ -92,18 +120,26 @@ def specificity(slopes: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
         if cat is None:
             continue
         mine = {k: by_cat[cat].get(k) for k in ("slope", "se", "ci95", "p", "n")}
-        others = {o: fits[cat] for o, fits in slopes.items() if o != e and fits[cat].get("slope") is not None}
+        pairs = {o: common[(e, o)] if common is not None and (e, o) in common else {"own": by_cat[cat], "other": fits[cat]}
+                 for o, fits in slopes.items() if o != e}
+        pairs = {o: c for o, c in pairs.items() if c["own"].get("slope") is not None and c["other"].get("slope") is not None}
         row: dict[str, Any] = {"emotion": e, "category": cat, **mine, "rises": bool(
             mine["slope"] is not None and mine["slope"] > 0 and mine["p"] is not None and mine["p"] < 0.05)}
-        if others and mine["slope"] is not None:
-            rival = max(others, key=lambda o: others[o]["slope"])
-            gap = mine["slope"] - others[rival]["slope"]
-            se = math.hypot(mine["se"] or 0.0, others[rival].get("se") or 0.0)
-            p = math.erfc(abs(gap / se) / math.sqrt(2)) if se > 0 else None
-            row.update(rival=rival, rival_slope=others[rival]["slope"], gap=gap, gap_p=p,
-                       specific=bool(gap > 0 and p is not None and p < 0.05))
+        if pairs and mine["slope"] is not None:
+            rival = max(pairs, key=lambda o: pairs[o]["other"]["slope"])
+            ours, theirs = pairs[rival]["own"], pairs[rival]["other"]
+            gap = ours["slope"] - theirs["slope"]
+            p: float | None = None
+            if "p" in pairs[rival]:
+                p, test = cast(float | None, pairs[rival]["p"]), f"paired by prompt (n = {pairs[rival]['n']})"
+            else:
+                se = math.hypot(ours.get("se") or 0.0, theirs.get("se") or 0.0)
+                p, test = (math.erfc(abs(gap / se) / math.sqrt(2)) if se > 0 else None), "normal approximation"
+            row.update(rival=rival, rival_slope=theirs["slope"], own_slope_common=ours["slope"], gap=gap, gap_p=p,
+                       gap_test=test, specific=bool(gap > 0 and p is not None and p < 0.05))
         else:
-            row.update(rival=None, rival_slope=None, gap=None, gap_p=None, specific=None)
+            row.update(rival=None, rival_slope=None, own_slope_common=None, gap=None, gap_p=None, gap_test=None,
+                       specific=None)
         own.append(row)
     return {"judge": SOURCE, "categories": list(CATEGORIES), "unit": "share of the reply's words",
             "slopes": {e: {cat: fit.get("slope") for cat, fit in by_cat.items()} for e, by_cat in slopes.items()},

@@ -123,6 +123,28 @@ def run_analyses(run_dir: str | Path, lm: LanguageModel | None = None, only: lis
     return out
 
 
+def reanalyse_steering(run_dir: str | Path) -> dict[str, Any]:
+    """Recompute the saved steering analysis's statistics from its saved replies and judge scores (no model).
+
+    What an upgrade of emovec's statistics needs: the replies, VADER scores, perplexities and
+    readouts stay as generated, every figure built from them (`steering.analyse_samples`) is
+    computed again, and `analyses/steering.json` is rewritten (atomically) with the result.
+    """
+    path = analyses_dir(Path(run_dir)) / "steering.json"
+    if not path.exists():
+        raise EmovecError(f"{run_dir} has no saved steering analysis to recompute: run `emovec analyze {run_dir} --only "
+                          "steering` first")
+    saved = read_json(path)
+    if not saved.get("samples") or not isinstance(saved.get("settings"), dict):
+        raise EmovecError(f"{path} holds no replies to recompute from (samples and settings missing); recompute it with "
+                          f"`emovec analyze {run_dir} --only steering --force`")
+    settings = saved["settings"]
+    result = {**saved, **st.analyse_samples(saved["samples"], settings, settings.get("readout_layer", load_vectors(
+        Path(run_dir)).default_layer))}
+    write_json(path, result)
+    return result
+
+
 def run_compare(run_dir: str | Path, lm_b: LanguageModel, steer_b: SteeringVector | str | list[str] | None = None,
                 lm: LanguageModel | None = None,
                 layer: int | None = None, chat: bool = True) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from ..readout import project
 from ..steering import SteeringVector, steering_vector
 from ..storage import EmovecError
 from ..vectors import EmotionVectors
-from .emotion_words import CATEGORIES, load_emolex, specificity, word_rates
+from .emotion_words import CATEGORIES, OWN_CATEGORY, load_emolex, paired_slope_gap, specificity, word_rates
 from .stats import mean_ci, ols_fit, ordered_trend, step_tests, welch
 
 DEFAULT_EMOTIONS = ("happy", "sad", "calm", "angry", "afraid", "desperate")
@@ -316,14 +316,34 @@ def _emotion_words(curves: list[dict[str, Any]], steered: dict[tuple[str, int], 
     if lexicon is None or not curves:
         return None
     layer = curves[0]["layer"]
-    slopes = {}
-    for c in curves:
-        lo, hi = c["useful_range"]
-        inside = [r for r in base_rows + steered.get((c["emotion"], layer), []) if lo <= r["strength"] <= hi]
-        rates = word_rates([r["text"] for r in inside], lexicon)
-        slopes[c["emotion"]] = {cat: ols_fit([r["strength"] for r in inside], rates[:, k].tolist())
-                                for k, cat in enumerate(CATEGORIES)}
-    return {"layer": layer, **specificity(slopes)}
+    ranges = {c["emotion"]: tuple(c["useful_range"]) for c in curves}
+    rows = {e: base_rows + steered.get((e, layer), []) for e in ranges}
+    rates = {e: word_rates([r["text"] for r in rows[e]], lexicon) for e in ranges}
+
+    def inside(e: str, lo: float, hi: float) -> list[int]:
+        return [i for i, r in enumerate(rows[e]) if lo <= r["strength"] <= hi]
+
+    def fit(e: str, lo: float, hi: float, k: int) -> dict[str, Any]:
+        idx = inside(e, lo, hi)
+        return ols_fit([rows[e][i]["strength"] for i in idx], rates[e][idx, k].tolist())
+
+    def by_prompt(e: str, lo: float, hi: float, k: int) -> dict[Any, tuple[list[float], list[float]]]:
+        out: dict[Any, tuple[list[float], list[float]]] = {}
+        for i in inside(e, lo, hi):
+            xs, ys = out.setdefault(rows[e][i]["prompt"], ([], []))
+            xs.append(rows[e][i]["strength"])
+            ys.append(float(rates[e][i, k]))
+        return out
+
+    slopes = {e: {cat: fit(e, lo, hi, k) for k, cat in enumerate(CATEGORIES)} for e, (lo, hi) in ranges.items()}
+    common = {}  # e's own category, for e and each other o, over the strengths both are fluent at
+    for e in (e for e in ranges if e in OWN_CATEGORY):
+        k = CATEGORIES.index(OWN_CATEGORY[e])
+        for o in (o for o in ranges if o != e):
+            lo, hi = max(ranges[e][0], ranges[o][0]), min(ranges[e][1], ranges[o][1])
+            paired = paired_slope_gap(by_prompt(e, lo, hi, k), by_prompt(o, lo, hi, k))
+            common[(e, o)] = {"own": fit(e, lo, hi, k), "other": fit(o, lo, hi, k), "p": paired["p"], "n": paired["n"]}
+    return {"layer": layer, **specificity(slopes, common)}
 
 
 def _separations(curves: list[dict[str, Any]], samples: list[dict[str, Any]], strengths: Sequence[float]) -> list[dict[str, Any]]:
