@@ -16,7 +16,9 @@ whose replies are saved there is re-analysed from them, without generating, unle
 
 If the vectors were only a valence axis, `PC1 removed` would move neither judge and `PC1 only` would match `as
 built`; emotion-specific content would show as own-word rises that survive the removal. Also prints each vector's
-cosine with PC1 and the cosines among the six. Usage, alone on the machine (about 4.5 min per variant on a 2-core
+cosine with PC1 and the cosines among the six, and for `PC1 only` the specificity test between emotions that
+became one vector (every pair on the same side of PC1 x every EmoLex category; a null, so about 5% should fall
+below 0.05). Usage, alone on the machine (about 4.5 min per variant on a 2-core
 AVX2 EPYC):
 
     .venv/bin/python bench/valence_axis_steering.py runs/demo [--layer 20] [-o results/valence_axis_steering_demo.json]
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ import torch
 from emovec.provenance import cpu_info, library_versions
 from emovec.rundir import load_run
 from emovec.storage import read_json, write_json
+from emovec.validate.emotion_words import CATEGORIES, load_emolex, paired_slope_gap, word_rates
 from emovec.validate.steering import SteeringConfig, analyse_samples, steering_efficacy
 from emovec.vectors import EmotionVectors
 
@@ -65,6 +69,42 @@ def summary(steer: dict[str, Any]) -> dict[str, Any]:
             "trend_p": {c["emotion"]: c["trend"]["p"] for c in steer["curves"]},
             "emotion_words": {k: words.get(k) for k in ("own", "n_rises", "n_specific", "n_own", "slopes")},
             "timing": steer.get("timing")}
+
+
+def identical_pairs_check(full: dict[str, Any], sides: dict[str, int]) -> dict[str, Any]:
+    """The specificity test between emotions steered with one and the same vector (a null: no real difference).
+
+    `sides[e]` is the sign of e's component along PC1; in the `PC1 only` variant emotions on one side are the
+    same vector. For every such pair and every EmoLex category, the paired-by-prompt gap test on the saved
+    replies over the strengths both are fluent at; returns how many of these null tests fall below 0.05 and 0.01.
+    """
+    lexicon = load_emolex()
+    if lexicon is None:
+        return {"n_tests": 0}
+    layer = full["settings"]["layers"][0]
+    ranges = {c["emotion"]: c["useful_range"] for c in full["curves"] if c["layer"] == layer}
+    rows = {e: [r for r in full["samples"] if r["emotion"] in (None, e) and r["layer"] in (None, layer)] for e in ranges}
+    rates = {e: word_rates([r["text"] for r in rows[e]], lexicon) for e in ranges}
+    ps = []
+    for a, b in itertools.combinations(sorted(ranges), 2):
+        if sides[a] != sides[b]:
+            continue
+        lo, hi = max(ranges[a][0], ranges[b][0]), min(ranges[a][1], ranges[b][1])
+        for k in range(len(CATEGORIES)):
+            tables = []
+            for e in (a, b):
+                per: dict[Any, tuple[list[float], list[float]]] = {}
+                for r, rate in zip(rows[e], rates[e][:, k]):
+                    if lo <= r["strength"] <= hi:
+                        xs, ys = per.setdefault(r["prompt"], ([], []))
+                        xs.append(r["strength"])
+                        ys.append(float(rate))
+                tables.append(per)
+            p = paired_slope_gap(tables[0], tables[1])["p"]
+            if p is not None:
+                ps.append({"pair": f"{a}~{b}", "category": CATEGORIES[k], "p": p})
+    return {"n_tests": len(ps), "below_05": sum(t["p"] < 0.05 for t in ps), "below_01": sum(t["p"] < 0.01 for t in ps),
+            "smallest": sorted(ps, key=lambda t: t["p"])[:3]}
 
 
 def main() -> None:
@@ -99,6 +139,9 @@ def main() -> None:
         write_json(saved, full)
         row = summary(full)
         row["wall_s"] = round(time.perf_counter() - t0, 1)
+        if name == "PC1 only":
+            row["identical_pairs_check"] = identical_pairs_check(full, {e: 1 if c > 0 else -1 for e, c in out["cos_pc1"].items()})
+            print(f"  identical vectors compared (a null): {row['identical_pairs_check']}", flush=True)
         out["variants"][name] = row
         vader = ", ".join(f"{e} {f['slope']:+.2f} (p = {f['p']:.1g})" for e, f in row["vader"].items() if f and f.get("slope") is not None)
         own = "; ".join(f"{r['emotion']}: {r['category']} {100 * r['slope']:+.1f} (p = {r['p']:.2g}; steepest other "
