@@ -38,7 +38,7 @@ import torch
 from emovec.provenance import cpu_info, library_versions
 from emovec.rundir import load_run
 from emovec.storage import read_json, write_json
-from emovec.validate.emotion_words import CATEGORIES, load_emolex, paired_slope_gap, word_rates
+from emovec.validate.emotion_words import CATEGORIES, by_prompt, load_emolex, paired_slope_gap, word_rates
 from emovec.validate.steering import SteeringConfig, analyse_samples, steering_efficacy
 from emovec.vectors import EmotionVectors
 
@@ -91,16 +91,7 @@ def identical_pairs_check(full: dict[str, Any], sides: dict[str, int]) -> dict[s
             continue
         lo, hi = max(ranges[a][0], ranges[b][0]), min(ranges[a][1], ranges[b][1])
         for k in range(len(CATEGORIES)):
-            tables = []
-            for e in (a, b):
-                per: dict[Any, tuple[list[float], list[float]]] = {}
-                for r, rate in zip(rows[e], rates[e][:, k]):
-                    if lo <= r["strength"] <= hi:
-                        xs, ys = per.setdefault(r["prompt"], ([], []))
-                        xs.append(r["strength"])
-                        ys.append(float(rate))
-                tables.append(per)
-            p = paired_slope_gap(tables[0], tables[1])["p"]
+            p = paired_slope_gap(by_prompt(rows[a], rates[a][:, k], lo, hi), by_prompt(rows[b], rates[b][:, k], lo, hi))["p"]
             if p is not None:
                 ps.append({"pair": f"{a}~{b}", "category": CATEGORIES[k], "p": p})
     return {"n_tests": len(ps), "below_05": sum(t["p"] < 0.05 for t in ps), "below_01": sum(t["p"] < 0.01 for t in ps),

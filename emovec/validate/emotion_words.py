@@ -79,6 +79,21 @@ def word_rates(texts: Sequence[str], lexicon: dict[str, frozenset[str]]) -> np.n
     return out
 
 
+def by_prompt(rows: Sequence[dict[str, Any]], rates: Sequence[float] | np.ndarray, lo: float,
+              hi: float) -> dict[Any, tuple[list[float], list[float]]]:
+    """(strengths, rates) of each prompt's replies whose strength is in [lo, hi], for `paired_slope_gap`.
+
+    `rows` are steering samples (with `prompt` and `strength`), `rates` one word rate per row.
+    """
+    out: dict[Any, tuple[list[float], list[float]]] = {}
+    for r, rate in zip(rows, rates):
+        if lo <= r["strength"] <= hi:
+            xs, ys = out.setdefault(r["prompt"], ([], []))
+            xs.append(r["strength"])
+            ys.append(float(rate))
+    return out
+
+
 def paired_slope_gap(own: dict[Any, tuple[list[float], list[float]]],
                      other: dict[Any, tuple[list[float], list[float]]]) -> dict[str, Any]:
     """Is one emotion's word-rate slope steeper than another's on the same prompts? A t-test over prompts.

@@ -139,8 +139,8 @@ def reanalyse_steering(run_dir: str | Path) -> dict[str, Any]:
         raise EmovecError(f"{path} holds no replies to recompute from (samples and settings missing); recompute it with "
                           f"`emovec analyze {run_dir} --only steering --force`")
     settings = saved["settings"]
-    result = {**saved, **st.analyse_samples(saved["samples"], settings, settings.get("readout_layer", load_vectors(
-        Path(run_dir)).default_layer))}
+    layer = settings["readout_layer"] if "readout_layer" in settings else load_vectors(Path(run_dir)).default_layer
+    result = {**saved, **st.analyse_samples(saved["samples"], settings, layer)}
     write_json(path, result)
     return result
 

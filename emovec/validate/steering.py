@@ -43,7 +43,7 @@ from ..readout import project
 from ..steering import SteeringVector, steering_vector
 from ..storage import EmovecError
 from ..vectors import EmotionVectors
-from .emotion_words import CATEGORIES, OWN_CATEGORY, load_emolex, paired_slope_gap, specificity, word_rates
+from .emotion_words import CATEGORIES, OWN_CATEGORY, by_prompt, load_emolex, paired_slope_gap, specificity, word_rates
 from .stats import mean_ci, ols_fit, ordered_trend, step_tests, welch
 
 DEFAULT_EMOTIONS = ("happy", "sad", "calm", "angry", "afraid", "desperate")
@@ -320,20 +320,9 @@ def _emotion_words(curves: list[dict[str, Any]], steered: dict[tuple[str, int], 
     rows = {e: base_rows + steered.get((e, layer), []) for e in ranges}
     rates = {e: word_rates([r["text"] for r in rows[e]], lexicon) for e in ranges}
 
-    def inside(e: str, lo: float, hi: float) -> list[int]:
-        return [i for i, r in enumerate(rows[e]) if lo <= r["strength"] <= hi]
-
     def fit(e: str, lo: float, hi: float, k: int) -> dict[str, Any]:
-        idx = inside(e, lo, hi)
+        idx = [i for i, r in enumerate(rows[e]) if lo <= r["strength"] <= hi]
         return ols_fit([rows[e][i]["strength"] for i in idx], rates[e][idx, k].tolist())
-
-    def by_prompt(e: str, lo: float, hi: float, k: int) -> dict[Any, tuple[list[float], list[float]]]:
-        out: dict[Any, tuple[list[float], list[float]]] = {}
-        for i in inside(e, lo, hi):
-            xs, ys = out.setdefault(rows[e][i]["prompt"], ([], []))
-            xs.append(rows[e][i]["strength"])
-            ys.append(float(rates[e][i, k]))
-        return out
 
     slopes = {e: {cat: fit(e, lo, hi, k) for k, cat in enumerate(CATEGORIES)} for e, (lo, hi) in ranges.items()}
     common = {}  # e's own category, for e and each other o, over the strengths both are fluent at
@@ -341,7 +330,7 @@ def _emotion_words(curves: list[dict[str, Any]], steered: dict[tuple[str, int], 
         k = CATEGORIES.index(OWN_CATEGORY[e])
         for o in (o for o in ranges if o != e):
             lo, hi = max(ranges[e][0], ranges[o][0]), min(ranges[e][1], ranges[o][1])
-            paired = paired_slope_gap(by_prompt(e, lo, hi, k), by_prompt(o, lo, hi, k))
+            paired = paired_slope_gap(by_prompt(rows[e], rates[e][:, k], lo, hi), by_prompt(rows[o], rates[o][:, k], lo, hi))
             common[(e, o)] = {"own": fit(e, lo, hi, k), "other": fit(o, lo, hi, k), "p": paired["p"], "n": paired["n"]}
     return {"layer": layer, **specificity(slopes, common)}
 
