@@ -35,7 +35,7 @@ def main() -> None:
     cfg = open_run(args.run_dir, write=False)
     stories = load_corpus_activations(args.run_dir / "activations", "stories")
     neutral = load_corpus_activations(args.run_dir / "activations", "neutral")
-    topics = run_topics(args.run_dir, cfg, stories.ids) if cfg.topic_adjust else None
+    topics = run_topics(args.run_dir, cfg, stories.ids)
     present = [e for e in run_emotions(cfg) if stories.counts.get(e, 0) > 0]
     out: dict[str, object] = {"run_dir": str(args.run_dir), "cpu": cpu_info(), "versions": library_versions()}
     for classifier in ("vectors", "lda"):
