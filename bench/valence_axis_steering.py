@@ -7,7 +7,7 @@ run's emotions (found without the human norms; on the demo it follows human vale
 0.86 at layer 21), then
 runs the steering analysis (`emovec.validate.steering.steering_efficacy`, VADER and EmoLex judges, 36 prompts x 5
 strengths) three times on the six emotions (each analysis whole, replies included, in RUN/valence-axis/; a variant
-whose replies are saved there is re-analysed from them, without generating, unless --force):
+whose replies are saved there for the same PC1 is re-analysed from them, without generating, unless --force):
 
 - `as built`: the run's vectors;
 - `PC1 removed`: each vector minus its component along PC1, renormalised (steering scales unit vectors);
@@ -46,10 +46,10 @@ SIX = ("happy", "sad", "calm", "angry", "afraid", "desperate")
 
 
 def first_pc(vectors: EmotionVectors, layer: int) -> torch.Tensor:
-    """Unit first principal component of all the run's (denoised, centred) vectors at `layer`."""
-    m = vectors.denoised[vectors.layer_index(layer)].to(torch.float64)
-    m = m - m.mean(0)
-    return torch.linalg.svd(m, full_matrices=False).Vh[0]
+    """Unit first principal component of all the run's unit vectors at `layer`, centred: the PCA the geometry
+    analysis correlates with the norms (`emovec.validate.analyses.pca_against_norms`), so its r applies here."""
+    m = vectors.matrix(layer).to(torch.float64)
+    return torch.linalg.svd(m - m.mean(0), full_matrices=False).Vh[0]
 
 
 def along_axis(vectors: EmotionVectors, layer: int, axis: torch.Tensor, keep: bool) -> EmotionVectors:
@@ -122,11 +122,13 @@ def main() -> None:
                        ("PC1 only", along_axis(vectors, layer, axis, keep=True))):
         t0 = time.perf_counter()
         saved = args.run_dir / "valence-axis" / f"L{layer}-{name.replace(' ', '-').lower()}.json"
-        if saved.exists() and not args.force:
-            full = read_json(saved)
+        full = read_json(saved) if saved.exists() and not args.force else None
+        axis_used = None if vecs is vectors else axis.tolist()  # the variants made from PC1 record it
+        if full is not None and (axis_used is None or torch.allclose(torch.tensor(full.get("pc1_axis") or [0.0] * len(axis)),
+                                                                      axis.float())):
             full.update(analyse_samples(full["samples"], full["settings"], full["settings"]["readout_layer"]))
-        else:
-            full = steering_efficacy(run.lm, vecs, config)
+        else:  # no replies saved, or saved for another PC1
+            full = {**steering_efficacy(run.lm, vecs, config), "pc1_axis": axis_used}
         write_json(saved, full)
         row = summary(full)
         row["wall_s"] = round(time.perf_counter() - t0, 1)
